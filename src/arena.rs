@@ -1,0 +1,206 @@
+//! Per-thread arenas: where producers write events without allocating.
+//!
+//! Each producer thread owns a few 64 KiB blocks. An event is written at the front of the
+//! current block's free space and split off as a frozen [`Bytes`] that shares the block
+//! (one reference-count increment, no copy, no allocation). The drain drops that `Bytes`
+//! once JetStream has acknowledged the event, or once it is dropped.
+//!
+//! ```text
+//!  current block   [ sent+acked | in ring | in flight | free space ......... ]
+//!                                                      ^ next event is written here
+//!  retired blocks  oldest ─► [ all released ]  [ some in flight ]  ...  newest
+//!                            └─ reclaimed in place when the current block runs out
+//! ```
+//!
+//! When the current block has less than [`HEADROOM`] left, the thread retires it and takes
+//! the oldest retired block back if every event in it has been released (the block's
+//! reference count is down to the arena's own handle). Only when that block is still in use,
+//! because the drain lags by more than [`RETIRED_BLOCKS`] blocks, does the arena allocate a
+//! fresh block; the oldest retired block is then let go and freed by whoever releases its
+//! last event. In steady state no allocation happens at all.
+//!
+//! An event larger than the free space makes `BytesMut` grow the current block, which
+//! allocates; such events are rare by design and cost no more than a plain `Vec`.
+
+use std::cell::RefCell;
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+
+use bytes::BytesMut;
+
+use crate::envelope::Clock;
+
+/// Size of one arena block.
+pub(crate) const BLOCK_SIZE: usize = 64 * 1024;
+
+/// A block with less free space than this is retired before the next event is written.
+/// Events larger than this may make the block grow (and allocate).
+pub(crate) const HEADROOM: usize = 4 * 1024;
+
+/// Retired blocks a thread keeps for reuse.
+pub(crate) const RETIRED_BLOCKS: usize = 8;
+
+/// What each producer thread keeps for itself.
+pub(crate) struct Local {
+    pub(crate) arena: Arena,
+    pub(crate) clock: Clock,
+    /// Stripe of the accepted-events counter this thread adds to.
+    pub(crate) stripe: usize,
+}
+
+thread_local! {
+    static LOCAL: RefCell<Local> = RefCell::new(Local::new());
+}
+
+static NEXT_STRIPE: AtomicUsize = AtomicUsize::new(0);
+
+impl Local {
+    fn new() -> Self {
+        Local {
+            arena: Arena::new(),
+            clock: Clock::new(),
+            stripe: NEXT_STRIPE.fetch_add(1, Relaxed),
+        }
+    }
+}
+
+/// Runs `f` with this thread's arena and clock.
+///
+/// Falls back to a throw-away `Local` (which allocates) when the thread's own is unavailable:
+/// during thread teardown, or when `f` itself publishes again (a `Serialize` impl that emits
+/// an event).
+#[inline]
+pub(crate) fn with_local<R>(f: impl FnOnce(&mut Local) -> R) -> R {
+    let mut f = Some(f);
+    let fast = LOCAL.try_with(|cell| match cell.try_borrow_mut() {
+        Ok(mut local) => f.take().map(|f| f(&mut local)),
+        Err(_) => None,
+    });
+
+    match (fast, f) {
+        (Ok(Some(result)), _) => result,
+        (_, Some(f)) => f(&mut Local::new()),
+        // `f` ran but returned through `None`: impossible, since `Some(f(..))` is returned
+        // whenever `f` is taken.
+        (_, None) => unreachable!("with_local: closure consumed without a result"),
+    }
+}
+
+/// One thread's blocks.
+pub(crate) struct Arena {
+    current: BytesMut,
+    retired: VecDeque<BytesMut>,
+}
+
+impl Arena {
+    pub(crate) fn new() -> Self {
+        Arena {
+            current: BytesMut::new(),
+            retired: VecDeque::with_capacity(RETIRED_BLOCKS),
+        }
+    }
+
+    /// The buffer to write the next event into: empty, with at least [`HEADROOM`] bytes of
+    /// capacity.
+    #[inline]
+    pub(crate) fn buffer(&mut self) -> &mut BytesMut {
+        debug_assert!(
+            self.current.is_empty(),
+            "events are split off after writing"
+        );
+        if self.current.capacity() < HEADROOM {
+            self.rotate();
+        }
+        &mut self.current
+    }
+
+    #[cold]
+    fn rotate(&mut self) {
+        let reusable = self
+            .retired
+            .front_mut()
+            .is_some_and(|oldest| oldest.try_reclaim(BLOCK_SIZE / 2));
+
+        let next = if reusable {
+            self.retired.pop_front()
+        } else {
+            if self.retired.len() == RETIRED_BLOCKS {
+                // Still referenced by events in flight: freed when the last one is released.
+                self.retired.pop_front();
+            }
+            None
+        };
+        let next = next.unwrap_or_else(|| BytesMut::with_capacity(BLOCK_SIZE));
+
+        let old = std::mem::replace(&mut self.current, next);
+        if old.capacity() > 0 || !old.is_empty() {
+            self.retired.push_back(old);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn released_blocks_are_reused_without_allocating_new_ones() {
+        let mut arena = Arena::new();
+        let mut block_starts = std::collections::HashSet::new();
+        let mut rotations = 0;
+
+        // Fill many blocks, releasing every event at once, as a drain that keeps up would.
+        for _ in 0..(RETIRED_BLOCKS * 8 * BLOCK_SIZE / 1000) {
+            let rotating = arena.current.capacity() < HEADROOM;
+            let buf = arena.buffer();
+            if rotating {
+                rotations += 1;
+                block_starts.insert(buf.as_ptr() as usize);
+            }
+            buf.extend_from_slice(&[7u8; 1000]);
+            drop(buf.split().freeze());
+        }
+
+        assert!(rotations > 4 * RETIRED_BLOCKS, "only {rotations} rotations");
+        assert!(
+            block_starts.len() <= 2,
+            "{} distinct blocks",
+            block_starts.len()
+        );
+    }
+
+    #[test]
+    fn blocks_still_in_use_are_never_written_over() {
+        let mut arena = Arena::new();
+        let mut held = Vec::new();
+
+        // Keep every event alive: the arena must move on to fresh blocks.
+        for i in 0..(3 * RETIRED_BLOCKS * BLOCK_SIZE / 500) {
+            let buf = arena.buffer();
+            buf.extend_from_slice(&[i as u8; 500]);
+            held.push((i as u8, buf.split().freeze()));
+        }
+
+        for (value, bytes) in &held {
+            assert_eq!(bytes.len(), 500);
+            assert!(bytes.iter().all(|b| b == value));
+        }
+        assert!(arena.retired.len() <= RETIRED_BLOCKS);
+    }
+
+    #[test]
+    fn publishing_from_inside_the_closure_falls_back_instead_of_panicking() {
+        let (outer, inner) = with_local(|outer| {
+            let inner = with_local(|inner| {
+                let buf = inner.arena.buffer();
+                buf.extend_from_slice(b"inner");
+                buf.split().freeze()
+            });
+            let buf = outer.arena.buffer();
+            buf.extend_from_slice(b"outer");
+            (buf.split().freeze(), inner)
+        });
+        assert_eq!(&outer[..], b"outer");
+        assert_eq!(&inner[..], b"inner");
+    }
+}
