@@ -60,9 +60,39 @@ pub(crate) fn validate_subject_tokens(bytes: &[u8]) -> Result<(), &'static str> 
 #[inline]
 pub(crate) fn validate_name(name: &str) -> Result<(), &'static str> {
     if name.len() > MAX_NAME_LEN {
-        return Err("is longer than MAX_NAME_LEN");
+        return Err("is longer than MAX_NAME_LEN (256 bytes)");
     }
     validate_subject_tokens(name.as_bytes())
+}
+
+/// An event name that `publish` would drop as `invalid_subject`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "invalid event name {name:?}: it {problem}; use dot-separated tokens without spaces, \
+         '*' or '>', such as \"priceEstimate\""
+)]
+pub struct InvalidName {
+    name: String,
+    problem: &'static str,
+}
+
+/// Checks an event name the way `publish` does, so that services can reject bad names at
+/// start-up instead of finding `invalid_subject` drops later.
+///
+/// # Errors
+///
+/// [`InvalidName`] saying what is wrong: empty, an empty token, white space or a control
+/// character, a `*` or `>` wildcard, or more than [`MAX_NAME_LEN`] bytes.
+///
+/// ```
+/// assert!(jetring::check_name("priceEstimate").is_ok());
+/// assert!(jetring::check_name("price estimate").is_err());
+/// ```
+pub fn check_name(name: &str) -> Result<(), InvalidName> {
+    validate_name(name).map_err(|problem| InvalidName {
+        name: name.chars().take(64).collect(),
+        problem,
+    })
 }
 
 /// Length of `2026-05-22T12:00:00.123Z`.

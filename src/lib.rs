@@ -86,6 +86,8 @@ mod envelope;
 mod metrics;
 mod scope;
 mod stats;
+#[cfg(feature = "testing")]
+pub mod testing;
 
 use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
@@ -96,7 +98,7 @@ pub use crate::bus::{Bus, Error, FlushTimeout};
 #[cfg(feature = "testing")]
 pub use crate::capture::{Capture, CapturedEvent};
 pub use crate::config::{Config, ConfigError, Overflow, Secret, MAX_RING_CAPACITY};
-pub use crate::envelope::MAX_NAME_LEN;
+pub use crate::envelope::{check_name, InvalidName, MAX_NAME_LEN};
 pub use crate::metrics::Metrics;
 pub use crate::scope::{current_request_id, in_request, with_request_id, RequestScoped};
 pub use crate::stats::{DropCounts, DropReason, Stats};
