@@ -122,6 +122,9 @@ enum Exit {
     Lost,
 }
 
+/// How often a lingering drain looks at the ring (tokio's timers tick in milliseconds).
+const LINGER_POLL: Duration = Duration::from_millis(1);
+
 /// How many events may be handed to the client in one turn before the drain yields to the
 /// connection task, which runs on the same thread.
 const SEND_BURST: usize = 1024;
@@ -148,6 +151,8 @@ struct Drain {
     logged_drops: [u64; DropReason::ALL.len()],
     /// The last rejection the server gave, for the next drop log line.
     last_rejection: Option<String>,
+    /// When the drain last took events from the ring; it lingers for a while after.
+    last_taken: Instant,
 }
 
 impl Drain {
@@ -166,6 +171,7 @@ impl Drain {
             stream_missing: false,
             logged_drops: [0; DropReason::ALL.len()],
             last_rejection: None,
+            last_taken: Instant::now(),
         }
     }
 
@@ -293,18 +299,26 @@ impl Drain {
     ) -> Option<Exit> {
         let config = &self.shared.settings.config;
         let window_open = self.pending.len() < config.max_in_flight;
+        let mut deadline = next_log;
 
-        // Ask producers to wake us only if there is room to send what they push.
         if window_open && self.ready.is_empty() {
-            self.shared.state.fetch_or(SLEEPING, SeqCst);
-            fence(SeqCst);
-            if !self.shared.ring.is_empty() {
-                self.shared.state.fetch_and(!SLEEPING, SeqCst);
-                return None;
+            let now = Instant::now();
+            if now < self.last_taken + config.linger {
+                // Lingering: look at the ring again in a millisecond, without asking
+                // producers for a wake-up.
+                deadline = deadline.min(now + LINGER_POLL);
+            } else {
+                // Ask producers to wake us, then look once more: an event pushed before the
+                // flag was visible is seen here, any later one wakes us.
+                self.shared.state.fetch_or(SLEEPING, SeqCst);
+                fence(SeqCst);
+                if !self.shared.ring.is_empty() {
+                    self.shared.state.fetch_and(!SLEEPING, SeqCst);
+                    return None;
+                }
             }
         }
 
-        let mut deadline = next_log;
         if let Some(&(at, _, _)) = self.deadlines.front() {
             deadline = deadline.min(at);
         }
@@ -355,6 +369,7 @@ impl Drain {
         if popped > 0 {
             self.shared.counters.taken.fetch_add(popped as u64, SeqCst);
             self.shared.counters.record_batch(popped);
+            self.last_taken = Instant::now();
         }
     }
 
