@@ -422,18 +422,31 @@ impl Drain {
         let mut headers = HeaderMap::new();
         headers.insert("Nats-Msg-Id", msg_id.as_str());
 
+        // The client takes the message at once unless its queue is full (the connection is
+        // down). Wait for room at most an ack timeout, and not at all once the bus closes.
+        let shared = self.shared.clone();
         let publish = client.publish_with_reply_and_headers(subject, reply, headers, payload);
-        let outcome = tokio::time::timeout(ack_timeout, publish).await;
+        let publish = tokio::time::timeout(ack_timeout, publish);
+        tokio::pin!(publish);
+        let outcome = loop {
+            tokio::select! {
+                outcome = &mut publish => break Some(outcome),
+                _ = shared.wake.notified() => {
+                    if shared.is_closed() {
+                        break None;
+                    }
+                }
+            }
+        };
 
         let counters = &self.shared.counters;
-        if attempts > 1 {
-            counters.retried.fetch_add(1, Relaxed);
-        }
-
         match outcome {
-            Ok(Ok(())) => {
+            Some(Ok(Ok(()))) => {
                 let now = Instant::now();
                 counters.published.fetch_add(1, Relaxed);
+                if attempts > 1 {
+                    counters.retried.fetch_add(1, Relaxed);
+                }
                 if let Some(pending) = self.slot_mut(seq) {
                     pending.sent_at = now;
                     pending.awaiting = true;
@@ -442,7 +455,7 @@ impl Drain {
                 self.deadlines.push_back((now + ack_timeout, seq, attempts));
                 Attempt::Sent
             }
-            Ok(Err(error)) => match error.kind() {
+            Some(Ok(Err(error))) => match error.kind() {
                 async_nats::client::PublishErrorKind::MaxPayloadExceeded => {
                     self.resolve(seq, Some(DropReason::TooLarge));
                     Attempt::Resolved
@@ -456,10 +469,14 @@ impl Drain {
                     Attempt::Stuck
                 }
             },
-            Err(_elapsed) => {
+            Some(Err(_elapsed)) => {
                 // The client's queue stayed full for a whole ack timeout: the connection is
                 // down. Everything still ready waits for the next turn.
                 self.fail(seq, DropReason::Publish);
+                Attempt::Stuck
+            }
+            None => {
+                // Closing: the event stays pending and is counted when the drain stops.
                 Attempt::Stuck
             }
         }
