@@ -14,20 +14,10 @@
 //!                                             Nats-Msg-Id, or drop with a reason
 //! ```
 //!
-//! ## The wake-up protocol
-//!
-//! The drain and the producers share one state word. Before the drain sleeps it sets
-//! `SLEEPING`, then looks at the ring once more; a producer pushes, then (after a full
-//! fence) looks at the state word. Either the drain sees the new event, or the producer sees
-//! `SLEEPING` and clears it and wakes the drain: a wake-up is never lost, and producers make
-//! no syscall while the drain is awake. The same word carries `CLOSED`: a producer that
-//! finds it set after pushing takes the ring's contents out itself and counts them as
-//! `shutdown` drops, so nothing published during or after shutdown stays in the ring unseen.
+//! Producers wake the drain only when it sleeps; the protocol that makes this safe lives in
+//! `wake.rs`, next to its loom model.
 
-use std::sync::atomic::{
-    fence, AtomicU32,
-    Ordering::{Relaxed, SeqCst},
-};
+use std::sync::atomic::Ordering::{Relaxed, SeqCst};
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -44,11 +34,7 @@ use crate::envelope::{encode, validate_name};
 use crate::metrics::Metrics;
 use crate::scope;
 use crate::stats::{Counters, DropReason, Stage, Stats};
-
-/// The drain is waiting for a producer to wake it.
-pub(crate) const SLEEPING: u32 = 1;
-/// The bus is shut down: nothing more is delivered.
-pub(crate) const CLOSED: u32 = 2;
+use crate::wake::WakeState;
 
 /// One encoded event: its subject followed by its envelope, in one buffer.
 pub(crate) struct Event {
@@ -69,8 +55,8 @@ impl Event {
 /// Everything producers, the drain and metric readers share.
 pub(crate) struct Shared {
     pub(crate) ring: ArrayQueue<Event>,
-    /// `SLEEPING` and `CLOSED` bits; see the module docs.
-    pub(crate) state: AtomicU32,
+    /// Whether the drain sleeps, and whether the bus is closed.
+    pub(crate) state: WakeState,
     /// Wakes the drain; holds a permit if notified while the drain is between checks.
     pub(crate) wake: tokio::sync::Notify,
     pub(crate) counters: Counters,
@@ -89,7 +75,7 @@ impl Shared {
 
         Shared {
             ring: ArrayQueue::new(settings.config.ring_capacity),
-            state: AtomicU32::new(0),
+            state: WakeState::new(),
             wake: tokio::sync::Notify::new(),
             counters: Counters::new(),
             latency: Mutex::new(latency),
@@ -167,20 +153,11 @@ impl Shared {
             }
         }
 
-        // Pairs with the drain's fence between setting SLEEPING and its last look at the ring.
-        fence(SeqCst);
-        let state = self.state.load(Relaxed);
-        if state != 0 {
-            self.after_push_slow(state);
-        }
-    }
-
-    #[cold]
-    fn after_push_slow(&self, state: u32) {
-        if state & SLEEPING != 0 && self.state.fetch_and(!SLEEPING, SeqCst) & SLEEPING != 0 {
+        let after = self.state.after_push();
+        if after.wake {
             self.wake.notify_one();
         }
-        if state & CLOSED != 0 {
+        if after.reap {
             self.reap();
         }
     }
@@ -201,7 +178,7 @@ impl Shared {
     }
 
     pub(crate) fn is_closed(&self) -> bool {
-        self.state.load(SeqCst) & CLOSED != 0
+        self.state.is_closed()
     }
 
     pub(crate) fn stats(&self) -> Stats {
@@ -409,7 +386,7 @@ impl Bus {
 
         let _ = self.flush(flush_timeout.min(timeout));
 
-        self.shared.state.fetch_or(CLOSED, SeqCst);
+        self.shared.state.close();
         self.shared.wake.notify_one();
         handle.join_until(deadline);
 

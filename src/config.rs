@@ -673,8 +673,16 @@ fn is_metric_name(name: &str) -> bool {
     first_ok && bytes.all(|b| b.is_ascii_alphanumeric() || b == b'_')
 }
 
-/// A user and password taken from server URLs.
-type UrlCredentials = Option<(String, Secret)>;
+/// Credentials taken from server URLs.
+#[derive(Clone, PartialEq, Eq)]
+enum UrlAuth {
+    /// `nats://token@host`.
+    Token(Secret),
+    /// `nats://user:password@host`.
+    User(String, Secret),
+}
+
+type UrlCredentials = Option<UrlAuth>;
 
 /// Parses the server list. Returns the addresses without user information, and the user and
 /// password found in them, if any.
@@ -699,13 +707,21 @@ fn parse_servers(servers: &[String]) -> Result<(Vec<ServerAddr>, UrlCredentials)
             ));
         }
 
-        if let Some((scheme, _)) = trimmed.split_once("://") {
-            if scheme != "nats" && scheme != "tls" {
+        match scheme_of(trimmed) {
+            Some("nats" | "tls") => {}
+            Some(scheme) => {
                 return Err(ConfigError::new(
                     "servers",
                     format!("{shown:?} has scheme {scheme:?}; use nats:// or tls://"),
                 ));
             }
+            None if trimmed.contains("://") => {
+                return Err(ConfigError::new(
+                    "servers",
+                    format!("{shown:?} is not a server URL; write \"host:port\" or \"nats://host:port\""),
+                ));
+            }
+            None => {}
         }
 
         let addr = ServerAddr::from_str(trimmed).map_err(|e| {
@@ -724,17 +740,21 @@ fn parse_servers(servers: &[String]) -> Result<(Vec<ServerAddr>, UrlCredentials)
         }
 
         if !url.username().is_empty() {
-            let user = percent_decode(url.username());
-            let pass = Secret(url.password().map(percent_decode).unwrap_or_default());
+            // `user:password@host`, or `token@host` as NATS URLs write a token.
+            let first = percent_decode(url.username());
+            let found = match url.password() {
+                Some(pass) => UrlAuth::User(first, Secret(percent_decode(pass))),
+                None => UrlAuth::Token(Secret(first)),
+            };
             match &url_auth {
-                Some((u, p)) if (u, p) != (&user, &pass) => {
+                Some(earlier) if *earlier != found => {
                     return Err(ConfigError::new(
                         "servers",
-                        "URLs carry different users or passwords; use the same credentials in \
-                         every URL, or move them to `user` and `password`",
+                        "URLs carry different credentials; use the same in every URL, or move \
+                         them to `user` and `password` (or `token`)",
                     ));
                 }
-                _ => url_auth = Some((user, pass)),
+                _ => url_auth = Some(found),
             }
 
             // Credentials travel in CONNECT, never in the address the client logs.
@@ -768,12 +788,17 @@ fn pick_auth(config: &Config, url_auth: UrlCredentials) -> Result<Auth, ConfigEr
         (None, None) => None,
     };
 
-    if explicit_user.is_some() && url_auth.is_some() {
+    if explicit_user.is_some() && matches!(url_auth, Some(UrlAuth::User(..))) {
         return Err(ConfigError::new(
             "user",
             "is set and a server URL carries a user too; keep one of the two",
         ));
     }
+    let (url_token, url_user) = match url_auth {
+        Some(UrlAuth::Token(token)) => (Some(token), None),
+        Some(UrlAuth::User(user, pass)) => (None, Some((user, pass))),
+        None => (None, None),
+    };
 
     if let Some(path) = &config.credentials_file {
         check_file("credentials-file", path)?;
@@ -783,7 +808,10 @@ fn pick_auth(config: &Config, url_auth: UrlCredentials) -> Result<Auth, ConfigEr
     if let Some(token) = &config.token {
         chosen.push(("token", Auth::Token(token.clone())));
     }
-    if let Some((user, pass)) = explicit_user.or(url_auth) {
+    if let Some(token) = url_token {
+        chosen.push(("servers", Auth::Token(token)));
+    }
+    if let Some((user, pass)) = explicit_user.or(url_user) {
         chosen.push(("user", Auth::UserPassword(user, pass)));
     }
     if let Some(seed) = &config.nkey_seed {
@@ -871,20 +899,30 @@ fn percent_decode(text: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-/// A server URL with any password replaced, fit for error messages and logs.
+/// The scheme of `url`, if it starts with one: a letter, then letters, digits, `+`, `-` or
+/// `.`, then `://`. Text before a `://` further in (inside a password, say) is not a scheme.
+fn scheme_of(url: &str) -> Option<&str> {
+    let (scheme, _) = url.split_once("://")?;
+    let mut chars = scheme.chars();
+    let first_ok = chars.next().is_some_and(|c| c.is_ascii_alphabetic());
+    let rest_ok = chars.all(|c| c.is_ascii_alphanumeric() || "+-.".contains(c));
+    (first_ok && rest_ok).then_some(scheme)
+}
+
+/// A server URL with its credentials hidden, fit for error messages and logs: the password of
+/// `user:password@`, or the whole of `token@`. The user information ends at the last `@`, so
+/// a password containing `@` is hidden whole.
 pub(crate) fn redact_url(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return match url.split_once('@') {
-            Some((_, host)) => format!("<redacted>@{host}"),
-            None => url.to_owned(),
-        };
+    let (head, rest) = match scheme_of(url) {
+        Some(scheme) => (&url[..scheme.len() + 3], &url[scheme.len() + 3..]),
+        None => ("", url),
     };
 
     match rest.rsplit_once('@') {
-        Some((userinfo, host)) => {
-            let user = userinfo.split(':').next().unwrap_or("");
-            format!("{scheme}://{user}:<redacted>@{host}")
-        }
+        Some((userinfo, host)) => match userinfo.split_once(':') {
+            Some((user, _)) => format!("{head}{user}:<redacted>@{host}"),
+            None => format!("{head}<redacted>@{host}"),
+        },
         None => url.to_owned(),
     }
 }
@@ -996,8 +1034,38 @@ mod tests {
     #[test]
     fn redaction_keeps_user_and_host() {
         assert_eq!(redact_url("nats://u:p@h:1"), "nats://u:<redacted>@h:1");
-        assert_eq!(redact_url("u:p@h:1"), "<redacted>@h:1");
+        assert_eq!(redact_url("u:p@h:1"), "u:<redacted>@h:1");
+        assert_eq!(redact_url("nats://tok@h:1"), "nats://<redacted>@h:1");
         assert_eq!(redact_url("nats://h:1"), "nats://h:1");
+    }
+
+    #[test]
+    fn passwords_with_at_signs_or_colon_slashes_never_leak() {
+        for url in [
+            "alice:p@ss§@localhost:4222",
+            "alice:hunter2§@localhost/x://y",
+        ] {
+            assert!(!redact_url(url).contains('§'), "{}", redact_url(url));
+            let config = Config::new(1).servers([url]);
+            assert!(!format!("{config:?}").contains('§'));
+            if let Err(error) = config.validate() {
+                assert!(!error.to_string().contains('§'), "{error}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_url_with_only_a_user_part_carries_a_token() {
+        let s = settings(&Config::new(1).servers(["nats://s3cret@127.0.0.1:4222"]));
+        match s.auth {
+            Auth::Token(token) => assert_eq!(token.expose(), "s3cret"),
+            _ => panic!("expected a token"),
+        }
+        let err = Config::new(1)
+            .servers(["nats://a@h", "nats://b@h"])
+            .validate()
+            .unwrap_err();
+        assert_eq!(err.field(), "servers");
     }
 
     #[test]

@@ -30,10 +30,7 @@
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, VecDeque};
 use std::io;
-use std::sync::atomic::{
-    fence,
-    Ordering::{Relaxed, SeqCst},
-};
+use std::sync::atomic::Ordering::{Relaxed, SeqCst};
 use std::sync::{mpsc, Arc};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -42,7 +39,7 @@ use async_nats::{Client, ConnectOptions, HeaderMap, Message, StatusCode, Subject
 use futures_util::{FutureExt, StreamExt};
 use tracing::{debug, info, warn};
 
-use crate::bus::{Event, Shared, SLEEPING};
+use crate::bus::{Event, Shared};
 use crate::config::Auth;
 use crate::stats::{DropReason, Stage};
 
@@ -308,12 +305,12 @@ impl Drain {
                 // producers for a wake-up.
                 deadline = deadline.min(now + LINGER_POLL);
             } else {
-                // Ask producers to wake us, then look once more: an event pushed before the
-                // flag was visible is seen here, any later one wakes us.
-                self.shared.state.fetch_or(SLEEPING, SeqCst);
-                fence(SeqCst);
-                if !self.shared.ring.is_empty() {
-                    self.shared.state.fetch_and(!SLEEPING, SeqCst);
+                // Ask producers to wake us, unless an event slipped in meanwhile.
+                if !self
+                    .shared
+                    .state
+                    .prepare_sleep(|| self.shared.ring.is_empty())
+                {
                     return None;
                 }
             }
@@ -339,7 +336,7 @@ impl Drain {
             _ = tokio::time::sleep_until(deadline.into()) => None,
         };
 
-        self.shared.state.fetch_and(!SLEEPING, SeqCst);
+        self.shared.state.awake();
         exit
     }
 
@@ -715,15 +712,17 @@ impl Drain {
                 next_log = Instant::now() + config.drop_log_interval;
             }
 
-            self.shared.state.fetch_or(SLEEPING, SeqCst);
-            fence(SeqCst);
-            if self.shared.ring.is_empty() {
+            if self
+                .shared
+                .state
+                .prepare_sleep(|| self.shared.ring.is_empty())
+            {
                 tokio::select! {
                     _ = self.shared.wake.notified() => {}
                     _ = tokio::time::sleep_until(next_log.into()) => {}
                 }
+                self.shared.state.awake();
             }
-            self.shared.state.fetch_and(!SLEEPING, SeqCst);
         }
     }
 }

@@ -88,6 +88,7 @@ mod scope;
 mod stats;
 #[cfg(feature = "testing")]
 pub mod testing;
+mod wake;
 
 use std::sync::{Mutex, OnceLock};
 use std::time::Duration;

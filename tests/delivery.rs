@@ -441,3 +441,58 @@ fn events_without_a_stream_are_counted_as_no_stream() {
     assert_eq!(stats.retried, 20);
     assert_eq!(stats.acked, 0);
 }
+
+/// Publishes one event through a bus built from `config` and reads it back with `admin_url`.
+fn deliver_one(config: Config, admin_url: &str) -> jetring::Stats {
+    common::create_stream_blocking(admin_url, STREAM, &["event.>"], StorageType::Memory, 1);
+    let bus = Bus::new(config).expect("valid config");
+    bus.publish("authenticated", &true);
+    bus.flush(FLUSH).expect("flush");
+    assert_eq!(common::stream_len_blocking(admin_url, STREAM), 1);
+    bus.shutdown(Duration::from_secs(5))
+}
+
+#[test]
+fn user_and_password_in_the_url_authenticate() {
+    let server = NatsServer::builder()
+        .user_password("alice", "s3cret")
+        .start();
+    let url = server.url_with_credentials();
+    let stats = deliver_one(Config::new(1).servers([url.as_str()]), &url);
+    assert_eq!(stats.acked, 1);
+}
+
+#[test]
+fn a_token_in_the_url_or_in_the_config_authenticates() {
+    let server = NatsServer::builder().token("t0ken").start();
+    let url = server.url_with_credentials();
+    let stats = deliver_one(Config::new(1).servers([url.as_str()]), &url);
+    assert_eq!(stats.acked, 1);
+
+    common::delete_stream_blocking(&url, STREAM);
+    let stats = deliver_one(Config::new(1).servers([server.url()]).token("t0ken"), &url);
+    assert_eq!(stats.acked, 1);
+}
+
+#[test]
+fn wrong_credentials_keep_events_in_the_ring_instead_of_failing() {
+    let server = NatsServer::builder()
+        .user_password("alice", "s3cret")
+        .start();
+    let config = Config::new(1)
+        .servers([server.url()])
+        .user_and_password("alice", "wrong")
+        .connect_backoff(Duration::from_millis(20), Duration::from_millis(100));
+    let bus = Bus::new(config).expect("the bus starts; the server refuses it later");
+
+    bus.publish("refused", &1);
+    assert!(bus.flush(Duration::from_millis(500)).is_err());
+
+    let stats = bus.shutdown(Duration::from_secs(2));
+    assert!(!stats.connected);
+    assert_eq!(
+        stats.dropped_after_accept.get(DropReason::Shutdown),
+        1,
+        "{stats:?}"
+    );
+}
