@@ -12,12 +12,14 @@
 //!                            └─ reclaimed in place when the current block runs out
 //! ```
 //!
-//! When the current block has less than [`HEADROOM`] left, the thread retires it and takes
-//! the oldest retired block back if every event in it has been released (the block's
-//! reference count is down to the arena's own handle). Only when that block is still in use,
-//! because the drain lags by more than [`RETIRED_BLOCKS`] blocks, does the arena allocate a
-//! fresh block; the oldest retired block is then let go and freed by whoever releases its
-//! last event. In steady state no allocation happens at all.
+//! When the current block has less than [`HEADROOM`] left, the thread retires it. Retired
+//! blocks are checked oldest first: one whose events have all been released (its reference
+//! count is down to the arena's own handle) is reclaimed in place and moves to a free stack.
+//! The next block comes from the top of that stack, the most recently used free block, so a
+//! thread that the drain keeps up with cycles through a few cache-warm blocks. Only when no
+//! block is free, because the drain lags the thread by all of its blocks, does the arena
+//! allocate one; at [`MAX_BLOCKS`] it lets the oldest retired block go, to be freed by
+//! whoever releases its last event. In steady state no allocation happens at all.
 //!
 //! An event larger than the free space makes `BytesMut` grow the current block, which
 //! allocates; such events are rare by design and cost no more than a plain `Vec`.
@@ -37,10 +39,10 @@ pub(crate) const BLOCK_SIZE: usize = 64 * 1024;
 /// Events larger than this may make the block grow (and allocate).
 pub(crate) const HEADROOM: usize = 4 * 1024;
 
-/// Retired blocks a thread keeps for reuse: 2 MiB, about 5,000 reference events. A thread
-/// reaches this many only when the drain lags that far behind it; a thread that publishes at
-/// a pace the drain follows cycles through two or three blocks.
-pub(crate) const RETIRED_BLOCKS: usize = 32;
+/// Most blocks a thread keeps, retired and free together: 4 MiB, about 10,000 reference
+/// events. A thread holds this many only after the drain has lagged that far behind it; a
+/// thread that publishes at a pace the drain follows cycles through a few.
+pub(crate) const MAX_BLOCKS: usize = 64;
 
 /// What each producer thread keeps for itself.
 pub(crate) struct Local {
@@ -90,15 +92,20 @@ pub(crate) fn with_local<R>(f: impl FnOnce(&mut Local) -> R) -> R {
 
 /// One thread's blocks.
 pub(crate) struct Arena {
+    /// The block events are written into.
     current: BytesMut,
+    /// Full blocks, oldest first, some of whose events may still be queued or in flight.
     retired: VecDeque<BytesMut>,
+    /// Reclaimed blocks, the most recently used on top.
+    free: Vec<BytesMut>,
 }
 
 impl Arena {
     pub(crate) fn new() -> Self {
         Arena {
             current: BytesMut::new(),
-            retired: VecDeque::with_capacity(RETIRED_BLOCKS),
+            retired: VecDeque::with_capacity(MAX_BLOCKS),
+            free: Vec::with_capacity(MAX_BLOCKS),
         }
     }
 
@@ -118,24 +125,26 @@ impl Arena {
 
     #[cold]
     fn rotate(&mut self) {
-        let reusable = self
-            .retired
-            .front_mut()
-            .is_some_and(|oldest| oldest.try_reclaim(BLOCK_SIZE / 2));
+        // Retired blocks whose events are all released become free, oldest first.
+        while let Some(oldest) = self.retired.front_mut() {
+            if !oldest.try_reclaim(BLOCK_SIZE / 2) {
+                break;
+            }
+            if let Some(block) = self.retired.pop_front() {
+                self.free.push(block);
+            }
+        }
 
-        let next = if reusable {
-            self.retired.pop_front()
-        } else {
-            if self.retired.len() == RETIRED_BLOCKS {
-                // Still referenced by events in flight: freed when the last one is released.
+        let next = self.free.pop().unwrap_or_else(|| {
+            if self.retired.len() + self.free.len() >= MAX_BLOCKS {
+                // Still referenced by queued events: freed when the last one is released.
                 self.retired.pop_front();
             }
-            None
-        };
-        let next = next.unwrap_or_else(|| BytesMut::with_capacity(BLOCK_SIZE));
+            BytesMut::with_capacity(BLOCK_SIZE)
+        });
 
         let old = std::mem::replace(&mut self.current, next);
-        if old.capacity() > 0 || !old.is_empty() {
+        if old.capacity() > 0 {
             self.retired.push_back(old);
         }
     }
@@ -152,7 +161,7 @@ mod tests {
         let mut rotations = 0;
 
         // Fill many blocks, releasing every event at once, as a drain that keeps up would.
-        for _ in 0..(RETIRED_BLOCKS * 8 * BLOCK_SIZE / 1000) {
+        for _ in 0..(MAX_BLOCKS * 8 * BLOCK_SIZE / 1000) {
             let rotating = arena.current.capacity() < HEADROOM;
             let buf = arena.buffer();
             if rotating {
@@ -163,9 +172,42 @@ mod tests {
             drop(buf.split().freeze());
         }
 
-        assert!(rotations > 4 * RETIRED_BLOCKS, "only {rotations} rotations");
+        assert!(rotations > 4 * MAX_BLOCKS, "only {rotations} rotations");
         assert!(
             block_starts.len() <= 2,
+            "{} distinct blocks",
+            block_starts.len()
+        );
+    }
+
+    #[test]
+    fn after_a_burst_the_arena_cycles_through_few_blocks_again() {
+        let mut arena = Arena::new();
+
+        // A burst the drain does not keep up with: forty blocks' worth held at once.
+        let held: Vec<_> = (0..(40 * BLOCK_SIZE / 1000))
+            .map(|_| {
+                let buf = arena.buffer();
+                buf.extend_from_slice(&[1u8; 1000]);
+                buf.split().freeze()
+            })
+            .collect();
+        drop(held);
+
+        // Then a steady stream released at once: the free stack hands back the same few
+        // cache-warm blocks instead of cycling through all forty.
+        let mut block_starts = std::collections::HashSet::new();
+        for _ in 0..(20 * BLOCK_SIZE / 1000) {
+            let rotating = arena.current.capacity() < HEADROOM;
+            let buf = arena.buffer();
+            if rotating {
+                block_starts.insert(buf.as_ptr() as usize);
+            }
+            buf.extend_from_slice(&[2u8; 1000]);
+            drop(buf.split().freeze());
+        }
+        assert!(
+            block_starts.len() <= 3,
             "{} distinct blocks",
             block_starts.len()
         );
@@ -177,7 +219,7 @@ mod tests {
         let mut held = Vec::new();
 
         // Keep every event alive: the arena must move on to fresh blocks.
-        for i in 0..(3 * RETIRED_BLOCKS * BLOCK_SIZE / 500) {
+        for i in 0..(3 * MAX_BLOCKS * BLOCK_SIZE / 500) {
             let buf = arena.buffer();
             buf.extend_from_slice(&[i as u8; 500]);
             held.push((i as u8, buf.split().freeze()));
@@ -187,7 +229,7 @@ mod tests {
             assert_eq!(bytes.len(), 500);
             assert!(bytes.iter().all(|b| b == value));
         }
-        assert!(arena.retired.len() <= RETIRED_BLOCKS);
+        assert!(arena.retired.len() + arena.free.len() <= MAX_BLOCKS);
     }
 
     #[test]
