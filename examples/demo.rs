@@ -21,25 +21,14 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
-use serde::Serialize;
+
+#[path = "../benches/reference/mod.rs"]
+mod reference;
+
+use reference::PriceEstimate;
 
 const STREAM: &str = "JETRING_DEMO";
 const ESTIMATORS: [&str; 3] = ["Baseline", "Oracle", "OneInch"];
-
-/// The body of one `priceEstimate` event.
-#[derive(Serialize)]
-#[serde(rename_all = "camelCase")]
-struct PriceEstimate<'a> {
-    estimator: &'a str,
-    sell_token: &'a str,
-    buy_token: &'a str,
-    in_amount: &'a str,
-    out_amount: &'a str,
-    kind: &'a str,
-    gas: u64,
-    elapsed_ms: f64,
-    verified: bool,
-}
 
 struct Options {
     url: String,

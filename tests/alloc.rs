@@ -5,6 +5,8 @@
 //! arrive and arena blocks are really released and reclaimed.
 
 mod common;
+#[path = "../benches/reference/mod.rs"]
+mod reference;
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
@@ -12,7 +14,6 @@ use std::time::{Duration, Instant};
 
 use async_nats::jetstream::stream::StorageType;
 use common::NatsServer;
-use serde::Serialize;
 
 /// Counts allocations (and reallocations) made by threads whose `COUNTING` flag is set, and
 /// hands every request to the system allocator. Counts are per thread, so tests running in
@@ -71,37 +72,6 @@ fn count_allocations(f: impl FnOnce()) -> u64 {
     ALLOCATIONS.with(Cell::get) - before
 }
 
-/// The reference event body.
-#[derive(Serialize)]
-#[serde(rename_all = "camelCase")]
-struct PriceEstimate<'a> {
-    estimator: &'a str,
-    sell_token: &'a str,
-    buy_token: &'a str,
-    in_amount: &'a str,
-    out_amount: &'a str,
-    kind: &'a str,
-    gas: u64,
-    elapsed_ms: f64,
-    verified: bool,
-}
-
-const REQUEST_ID: &str = "4f1c7a5e-3b7d-4e55-9d0a-0c8f5f0e6a11";
-
-fn estimate() -> PriceEstimate<'static> {
-    PriceEstimate {
-        estimator: "Baseline",
-        sell_token: "0xc02aaa39b223fe8d0a0e5c4f27ead9083c756cc2",
-        buy_token: "0xa0b86991c6218b36c1d19d4a2e9eb0ce3606eb48",
-        in_amount: "10000000000000000000000",
-        out_amount: "38412345678901234567890",
-        kind: "sell",
-        gas: 186_532,
-        elapsed_ms: 12.734512,
-        verified: true,
-    }
-}
-
 fn connected_bus(server: &NatsServer) -> jetring::Bus {
     common::create_stream_blocking(
         &server.url(),
@@ -131,7 +101,7 @@ fn publish_allocates_nothing_in_steady_state() {
 
     let server = NatsServer::start();
     let bus = connected_bus(&server);
-    let body = estimate();
+    let body = reference::BODY;
 
     // A chunk (about 400 KB) fits in the ring and in the blocks an arena keeps; between
     // chunks the drain catches up, so every block the arena retired has been released by the
@@ -141,7 +111,7 @@ fn publish_allocates_nothing_in_steady_state() {
         for _ in 0..chunks {
             let n = count_allocations(|| {
                 for _ in 0..CHUNK {
-                    bus.publish_with_request_id("priceEstimate", REQUEST_ID, &body);
+                    bus.publish_with_request_id("priceEstimate", reference::REQUEST_ID, &body);
                 }
             });
             allocations += n;
@@ -174,14 +144,14 @@ fn continuous_publishing_allocates_at_most_one_block_per_block_of_events() {
 
     let server = NatsServer::start();
     let bus = connected_bus(&server);
-    let body = estimate();
+    let body = reference::BODY;
 
     // No waiting for the drain, only a steady pace of about 20,000 events a second (a pace
     // even an unoptimised test build delivers): blocks are reclaimed only if the drain has
     // released them by the time the arena cycles back to them.
     let allocations = count_allocations(|| {
         for i in 0..EVENTS {
-            bus.publish_with_request_id("priceEstimate", REQUEST_ID, &body);
+            bus.publish_with_request_id("priceEstimate", reference::REQUEST_ID, &body);
             if i % BURST == BURST - 1 {
                 std::thread::sleep(Duration::from_millis(25));
             }

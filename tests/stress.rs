@@ -6,6 +6,8 @@
 //! test running beside it would disturb.
 
 mod common;
+#[path = "../benches/reference/mod.rs"]
+mod reference;
 
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::thread;
@@ -14,7 +16,6 @@ use std::time::{Duration, Instant};
 use async_nats::jetstream::stream::StorageType;
 use common::NatsServer;
 use jetring::{Bus, Config, DropReason, Overflow};
-use serde::Serialize;
 
 const STREAM: &str = "EVENTS";
 const FLUSH: Duration = Duration::from_secs(30);
@@ -27,39 +28,6 @@ fn one_at_a_time() -> MutexGuard<'static, ()> {
 // ---------------------------------------------------------------------------------------
 // Bounded memory
 // ---------------------------------------------------------------------------------------
-
-/// The reference event body: about 400 bytes of envelope once encoded.
-#[derive(Serialize)]
-#[serde(rename_all = "camelCase")]
-struct PriceEstimate<'a> {
-    estimator: &'a str,
-    sell_token: &'a str,
-    buy_token: &'a str,
-    in_amount: &'a str,
-    out_amount: &'a str,
-    kind: &'a str,
-    gas: u64,
-    elapsed_ms: f64,
-    verified: bool,
-    index: u64,
-}
-
-fn estimate(index: u64) -> PriceEstimate<'static> {
-    PriceEstimate {
-        estimator: "Baseline",
-        sell_token: "0xc02aaa39b223fe8d0a0e5c4f27ead9083c756cc2",
-        buy_token: "0xa0b86991c6218b36c1d19d4a2e9eb0ce3606eb48",
-        in_amount: "10000000000000000000000",
-        out_amount: "38412345678901234567890",
-        kind: "sell",
-        gas: 186_532,
-        elapsed_ms: 12.734512,
-        verified: true,
-        index,
-    }
-}
-
-const REQUEST_ID: &str = "4f1c7a5e-3b7d-4e55-9d0a-0c8f5f0e6a11";
 
 /// Resident set size of this process, from `VmRSS` in `/proc/self/status`.
 fn rss_bytes() -> u64 {
@@ -98,7 +66,12 @@ fn memory_stays_bounded_with(overflow: Overflow) {
     let started = Instant::now();
     let mut samples = Vec::new();
     for index in 0..EVENTS {
-        bus.publish_with_request_id("priceEstimate", REQUEST_ID, &estimate(index));
+        // The reference body with a number, about 400 bytes encoded.
+        bus.publish_with_request_id(
+            "priceEstimate",
+            reference::REQUEST_ID,
+            &(index, reference::BODY),
+        );
         if index + 1 == FILLED || index + 1 == HALF || index + 1 == EVENTS {
             samples.push((index + 1, rss_bytes()));
         }

@@ -3,8 +3,8 @@
 //! bytes.
 //!
 //! The event is one `priceEstimate` of chain 1 with a UUID request id; its envelope is about
-//! 390 bytes. Included with `#[path]` by `benches/publish.rs` and `examples/e2e.rs`; not a
-//! bench target of its own.
+//! 390 bytes. Included with `#[path]` by `benches/publish.rs`, the examples, `tests/alloc.rs`
+//! and `tests/stress.rs`; not a bench target of its own.
 
 // Each includer uses a different subset.
 #![allow(dead_code)]
