@@ -14,7 +14,7 @@
 //!   of the envelope, `Bytes::from`, then `try_send` into a bounded(1000) tokio mpsc channel
 //!   drained by a task on another thread.
 //! - `serde_json_alone`: `serde_json::to_writer` of the same envelope into a reused `Vec`,
-//!   with the timestamp formatted beforehand.
+//!   with the timestamp formatted beforehand; and the same with `simd_json::to_writer`.
 //! - `channel`: as `seed`, but `try_send` into a bounded(1000) crossbeam channel drained by
 //!   another thread.
 //! - `jetring_publish`: `Bus::publish_with_request_id` on a bus connected to a real
@@ -187,6 +187,20 @@ fn serde_json_alone(c: &mut Criterion) {
                 body: black_box(&BODY),
             };
             serde_json::to_writer(&mut buf, &envelope).expect("the reference event serializes");
+            black_box(&buf);
+        })
+    });
+    // The same envelope through simd-json's serde serializer, to choose between the two.
+    group.bench_function("simd_json_to_writer_reused_vec", |b| {
+        b.iter(|| {
+            buf.clear();
+            let envelope = SeedEnvelope {
+                version: "v1",
+                timestamp: &timestamp,
+                request_id: Some(REQUEST_ID),
+                body: black_box(&BODY),
+            };
+            simd_json::to_writer(&mut buf, &envelope).expect("the reference event serializes");
             black_box(&buf);
         })
     });
