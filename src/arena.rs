@@ -50,6 +50,9 @@ pub(crate) struct Local {
     pub(crate) clock: Clock,
     /// Stripe of the accepted-events counter this thread adds to.
     pub(crate) stripe: usize,
+    /// The bus (its address, as an id) whose ring refused this thread's last event, or 0.
+    /// While that ring stays full, `publish` does not encode for it.
+    pub(crate) full_ring: usize,
 }
 
 thread_local! {
@@ -64,6 +67,7 @@ impl Local {
             arena: Arena::new(),
             clock: Clock::new(),
             stripe: NEXT_STRIPE.fetch_add(1, Relaxed),
+            full_ring: 0,
         }
     }
 }

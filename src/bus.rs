@@ -52,6 +52,16 @@ impl Event {
     }
 }
 
+/// What the producer side made of one `publish` call.
+enum Encoded {
+    /// Ready to push, with the thread's counter stripe.
+    Event(Event, usize),
+    /// The body could not be serialized.
+    Failed,
+    /// The ring is still full since this thread's last refused push; not encoded.
+    RingFull,
+}
+
 /// Everything producers, the drain and metric readers share.
 pub(crate) struct Shared {
     pub(crate) ring: ArrayQueue<Event>,
@@ -88,7 +98,19 @@ impl Shared {
             return;
         }
 
+        // This bus, as the arena's "last refused by a full ring" hint knows it.
+        let ring_id = self as *const Shared as usize;
+
         let encoded = with_local(|local| {
+            // After a push from this thread found the ring full, skip encoding while it stays
+            // full: a server that is away costs producers one load per event, not an encoding.
+            if local.full_ring == ring_id {
+                if self.ring.is_full() {
+                    return Encoded::RingFull;
+                }
+                local.full_ring = 0;
+            }
+
             let timestamp = local.clock.now();
             let buf = local.arena.buffer();
             let head = &self.settings.subject_head;
@@ -101,32 +123,37 @@ impl Shared {
             match written {
                 Ok(Ok(subject_len)) => {
                     let bytes = buf.split().freeze();
-                    Some((
-                        Event {
-                            bytes,
-                            subject_len: subject_len as u32,
-                        },
-                        local.stripe,
-                    ))
+                    let subject_len = subject_len as u32;
+                    Encoded::Event(Event { bytes, subject_len }, local.stripe)
                 }
                 _ => {
                     buf.clear();
-                    None
+                    Encoded::Failed
                 }
             }
         });
 
         match encoded {
-            Some((event, stripe)) => self.enqueue(event, stripe),
-            None => self
-                .counters
-                .drop_event(DropReason::Serialize, Stage::BeforeAccept, 1),
+            Encoded::Event(event, stripe) => {
+                if !self.enqueue(event, stripe) {
+                    with_local(|local| local.full_ring = ring_id);
+                }
+            }
+            Encoded::Failed => {
+                self.counters
+                    .drop_event(DropReason::Serialize, Stage::BeforeAccept, 1);
+            }
+            Encoded::RingFull => {
+                self.counters
+                    .drop_event(DropReason::QueueFull, Stage::BeforeAccept, 1);
+            }
         }
     }
 
-    /// Puts an encoded event into the ring and wakes the drain if it sleeps.
+    /// Puts an encoded event into the ring and wakes the drain if it sleeps. Returns `false`
+    /// if the ring was full and the event was refused (drop-newest).
     #[inline]
-    fn enqueue(&self, event: Event, stripe: usize) {
+    fn enqueue(&self, event: Event, stripe: usize) -> bool {
         // Counted before the push, so that `flush` never waits for fewer events than the ring
         // holds ahead of any event whose `publish` has returned.
         self.counters.accepted.add(stripe, 1);
@@ -137,7 +164,7 @@ impl Shared {
                     self.counters.accepted.sub(stripe, 1);
                     self.counters
                         .drop_event(DropReason::QueueFull, Stage::BeforeAccept, 1);
-                    return;
+                    return false;
                 }
             }
             Overflow::DropOldest => {
@@ -157,6 +184,7 @@ impl Shared {
         if after.reap {
             self.reap();
         }
+        true
     }
 
     /// Takes every event out of the ring and counts it as a `shutdown` drop. Used once the
