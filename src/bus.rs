@@ -7,7 +7,7 @@
 //!   ├─ validate name ──► invalid_subject
 //!   ├─ encode into the thread's arena ─► serialize
 //!   ├─ ring.push(event) ─► queue_full     pop a batch ─► publish with reply ─► JetStream
-//!   └─ drain asleep? wake it  ─────────►  (sleeps only when the ring is empty)   │
+//!   └─ drain asleep? wake it  ─────────►  (sleeps after `linger` of no events)   │
 //!                                         acks on one inbox ◄────────────────────┘
 //!                                          ├─ ack: release the event's bytes
 //!                                          └─ timeout / no responders: retry, same

@@ -64,7 +64,8 @@
 //!
 //! # Where the pieces live
 //!
-//! - [`bus`](Bus): the producer path, the ring and the wake-up protocol;
+//! - [`bus`](Bus): the producer path and the ring; the drain's sleep and wake-up protocol
+//!   is in `src/wake.rs`, with its loom model;
 //! - the drain (internal): connection, batching, acknowledgements, retries;
 //! - [`Config`]: every setting, validated with errors that name the field;
 //! - [`Stats`] and [`DropReason`]: the counters; [`Metrics`]: their Prometheus export.
