@@ -24,7 +24,9 @@
 //!   flight, the oldest awaited when 4,096 are outstanding; then the same with a
 //!   `Nats-Msg-Id` header on every message, as jetring sends.
 //! - **(c) core NATS**: `Client::publish` without acks, then `flush`, timed until the stream
-//!   holds every message: the ceiling of what the server ingests from one connection.
+//!   holds every message: the ceiling of what the server ingests from one connection; then
+//!   the same with a unique `Nats-Msg-Id` header on every message (c'), the ceiling for
+//!   messages the stream must de-duplicate, which is what jetring sends.
 //!
 //! Every phase publishes the same subject and the same payload bytes, and checks what the
 //! stream stored. The table gives events per second, and the ratios to (b) without the header
@@ -186,10 +188,21 @@ fn main() -> ExitCode {
     check_stored(&url, js_msg_id.events, js_msg_id.phase);
     purge(&url);
 
-    let core = runtime.block_on(core_run(&url, n, payload.clone()));
+    let core = runtime.block_on(core_run(&url, n, payload.clone(), false));
+    check_stored(&url, core.events, core.phase);
+    purge(&url);
+
+    let core_msg_id = runtime.block_on(core_run(&url, n, payload.clone(), true));
 
     print_table(
-        &[&lossless.row, &tight.row, &js, &js_msg_id, &core],
+        &[
+            &lossless.row,
+            &tight.row,
+            &js,
+            &js_msg_id,
+            &core,
+            &core_msg_id,
+        ],
         &js,
         &core,
     );
@@ -344,7 +357,7 @@ async fn jetstream_run(url: &str, n: u64, payload: Bytes, msg_id: bool) -> Row {
 
 /// Publishes `n` events with core NATS, no acknowledgements, and times until the stream
 /// holds them all.
-async fn core_run(url: &str, n: u64, payload: Bytes) -> Row {
+async fn core_run(url: &str, n: u64, payload: Bytes, msg_id: bool) -> Row {
     let client = common::connect(url).await;
     let context = common::jetstream(url).await;
     let mut stream = context
@@ -359,12 +372,25 @@ async fn core_run(url: &str, n: u64, payload: Bytes) -> Row {
         .last_sequence;
     let subject = Subject::from_static(SUBJECT);
 
+    let prefix = format!("{}-", nuid::next());
     let start = Instant::now();
-    for _ in 0..n {
-        client
-            .publish(subject.clone(), payload.clone())
-            .await
-            .expect("core publish");
+    for i in 0..n {
+        if msg_id {
+            let mut headers = async_nats::HeaderMap::new();
+            headers.insert(
+                async_nats::header::NATS_MESSAGE_ID,
+                format!("{prefix}{i}").as_str(),
+            );
+            client
+                .publish_with_headers(subject.clone(), headers, payload.clone())
+                .await
+                .expect("core publish");
+        } else {
+            client
+                .publish(subject.clone(), payload.clone())
+                .await
+                .expect("core publish");
+        }
     }
     client.flush().await.expect("core flush");
     let published = start.elapsed();
@@ -394,7 +420,11 @@ async fn core_run(url: &str, n: u64, payload: Bytes) -> Row {
     }
 
     Row {
-        phase: "(c) core NATS, no acks",
+        phase: if msg_id {
+            "(c') core NATS + Nats-Msg-Id, no acks"
+        } else {
+            "(c) core NATS, no acks"
+        },
         events: stored,
         seconds,
         note: format!(

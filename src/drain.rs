@@ -417,7 +417,7 @@ impl Drain {
         let attempts = pending.attempts;
 
         let mut headers = HeaderMap::new();
-        headers.insert("Nats-Msg-Id", msg_id.as_str());
+        headers.insert(async_nats::header::NATS_MESSAGE_ID, msg_id);
 
         // The client takes the message at once unless its queue is full (the connection is
         // down). Wait for room at most an ack timeout, and not at all once the bus closes.
@@ -783,8 +783,9 @@ fn parse_ack(payload: &[u8]) -> Ack {
         error: Option<ReplyError>,
         #[serde(default)]
         duplicate: bool,
+        /// Only whether it is there matters.
         #[serde(default)]
-        stream: Option<String>,
+        stream: Option<serde::de::IgnoredAny>,
     }
     #[derive(serde::Deserialize)]
     struct ReplyError {
@@ -842,6 +843,9 @@ async fn connect_options(shared: &Arc<Shared>) -> io::Result<ConnectOptions> {
         .connection_timeout(reconnect_max.clamp(Duration::from_secs(1), Duration::from_secs(5)))
         .client_capacity(config.max_in_flight.max(2048))
         .max_reconnects(None)
+        // Every subject jetring sends is checked before it is accepted: the prefix by the
+        // config, the event name by `publish`, and the reply subject is its own inbox.
+        .skip_subject_validation(true)
         .reconnect_delay_callback(move |attempts| {
             let doublings = attempts.saturating_sub(1).min(20) as u32;
             reconnect_base
