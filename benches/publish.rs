@@ -14,7 +14,8 @@
 //!   of the envelope, `Bytes::from`, then `try_send` into a bounded(1000) tokio mpsc channel
 //!   drained by a task on another thread.
 //! - `serde_json_alone`: `serde_json::to_writer` of the same envelope into a reused `Vec`,
-//!   with the timestamp formatted beforehand; and the same with `simd_json::to_writer`.
+//!   with the timestamp formatted beforehand; and the same with jetring's serializer
+//!   (`jetring::testing::write_json`, into a reused `BytesMut`) and with `simd_json::to_writer`.
 //! - `channel`: as `seed`, but `try_send` into a bounded(1000) crossbeam channel drained by
 //!   another thread.
 //! - `jetring_publish`: `Bus::publish_with_request_id` on a bus connected to a real
@@ -190,7 +191,23 @@ fn serde_json_alone(c: &mut Criterion) {
             black_box(&buf);
         })
     });
-    // The same envelope through simd-json's serde serializer, to choose between the two.
+    // The same envelope through jetring's serializer, which writes the same bytes.
+    let mut bytes = bytes::BytesMut::with_capacity(1024);
+    group.bench_function("jetring_json_reused_buffer", |b| {
+        b.iter(|| {
+            bytes.clear();
+            let envelope = SeedEnvelope {
+                version: "v1",
+                timestamp: &timestamp,
+                request_id: Some(REQUEST_ID),
+                body: black_box(&BODY),
+            };
+            jetring::testing::write_json(&mut bytes, &envelope)
+                .expect("the reference event serializes");
+            black_box(&bytes);
+        })
+    });
+    // The same envelope through simd-json's serde serializer.
     group.bench_function("simd_json_to_writer_reused_vec", |b| {
         b.iter(|| {
             buf.clear();

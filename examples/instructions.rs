@@ -13,6 +13,8 @@
 //!   on a bus whose server does not exist, so that the drain does no work and only the
 //!   producer's path is counted;
 //! - `serde_json`: `serde_json::to_writer` of the envelope into a reused `Vec`;
+//! - `jetring_json`: the same envelope through jetring's serializer
+//!   (`jetring::testing::write_json`) into a reused `BytesMut`;
 //! - `seed`: the known design's encoding (chrono timestamp, `format!` subject,
 //!   `serde_json::to_vec`), without its channel.
 
@@ -28,7 +30,7 @@ fn main() {
     let mode = args.next().unwrap_or_default();
     let events: usize = args.next().and_then(|n| n.parse().ok()).unwrap_or(0);
     if events == 0 {
-        eprintln!("usage: instructions publish|serde_json|seed <events>");
+        eprintln!("usage: instructions publish|serde_json|jetring_json|seed <events>");
         std::process::exit(2);
     }
 
@@ -63,6 +65,21 @@ fn main() {
             }
             std::hint::black_box(&buf);
         }
+        "jetring_json" => {
+            let timestamp = "2026-05-22T12:00:00.123Z";
+            let mut buf = bytes::BytesMut::with_capacity(1024);
+            for _ in 0..events {
+                buf.clear();
+                let envelope = SeedEnvelope {
+                    version: "v1",
+                    timestamp,
+                    request_id: Some(REQUEST_ID),
+                    body: std::hint::black_box(&BODY),
+                };
+                jetring::testing::write_json(&mut buf, &envelope).expect("serializable");
+            }
+            std::hint::black_box(&buf);
+        }
         "seed" => {
             for _ in 0..events {
                 let subject = format!("event.1.{NAME}");
@@ -79,7 +96,7 @@ fn main() {
             }
         }
         other => {
-            eprintln!("unknown mode {other:?}: use publish, serde_json or seed");
+            eprintln!("unknown mode {other:?}: use publish, serde_json, jetring_json or seed");
             std::process::exit(2);
         }
     }

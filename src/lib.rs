@@ -84,6 +84,7 @@ mod capture;
 mod config;
 mod drain;
 mod envelope;
+mod json;
 mod metrics;
 mod scope;
 mod stats;
@@ -101,6 +102,7 @@ pub use crate::bus::{Bus, Error, FlushTimeout};
 pub use crate::capture::{Capture, CapturedEvent};
 pub use crate::config::{Config, ConfigError, Overflow, Secret, MAX_RING_CAPACITY};
 pub use crate::envelope::{check_name, InvalidName, MAX_NAME_LEN};
+pub use crate::json::{EncodeError, EncodedBody};
 pub use crate::metrics::Metrics;
 pub use crate::scope::{current_request_id, in_request, with_request_id, RequestScoped};
 pub use crate::stats::{DropCounts, DropReason, Stats};
@@ -156,6 +158,15 @@ pub fn publish<T: Serialize + ?Sized>(name: &str, body: &T) {
 pub fn publish_with_request_id<T: Serialize + ?Sized>(name: &str, request_id: &str, body: &T) {
     if let Some(bus) = GLOBAL.get() {
         bus.publish_with_request_id(name, request_id, body);
+    }
+}
+
+/// Publishes an event with a body encoded beforehand on the global bus; see
+/// [`Bus::publish_encoded`]. A no-op before [`init`].
+#[inline]
+pub fn publish_encoded(name: &str, body: &EncodedBody) {
+    if let Some(bus) = GLOBAL.get() {
+        bus.publish_encoded(name, body);
     }
 }
 

@@ -1,12 +1,14 @@
 //! Hooks for testing jetring itself and code that uses it (feature `testing`).
 //!
-//! [`encode_envelope`] runs the exact encoder that `publish` runs, without a bus, so fuzzers
-//! and property tests can compare its output with a reference.
+//! [`encode_envelope`] runs the exact encoder that `publish` runs, without a bus, and
+//! [`write_json`] the JSON serializer alone, so that fuzzers, property tests and benchmarks can
+//! compare them with a reference.
 
 use bytes::BytesMut;
 use serde::Serialize;
 
 use crate::envelope::{encode, format_timestamp};
+use crate::json::EncodeError;
 
 /// Encodes one event as `publish` would: returns its subject and its JSON envelope, with the
 /// timestamp taken from `unix_millis` instead of the clock.
@@ -31,7 +33,7 @@ pub fn encode_envelope<T: Serialize + ?Sized>(
     unix_millis: u64,
     request_id: Option<&str>,
     body: &T,
-) -> Result<(String, Vec<u8>), serde_json::Error> {
+) -> Result<(String, Vec<u8>), EncodeError> {
     let mut buf = BytesMut::new();
     let timestamp = format_timestamp(unix_millis);
     let subject_len = encode(
@@ -45,4 +47,22 @@ pub fn encode_envelope<T: Serialize + ?Sized>(
 
     let subject = String::from_utf8_lossy(&buf[..subject_len]).into_owned();
     Ok((subject, buf[subject_len..].to_vec()))
+}
+
+/// Appends `value` to `buf` as compact JSON, with the serializer `publish` uses for event
+/// bodies. The bytes are those `serde_json::to_writer` writes for the same value.
+///
+/// # Errors
+///
+/// [`EncodeError`] where `serde_json` fails too: a map key that is not a string, a float key
+/// that is not finite, or an error from the value's own `Serialize`. On error `buf` holds a
+/// partial value.
+///
+/// ```
+/// let mut buf = bytes::BytesMut::new();
+/// jetring::testing::write_json(&mut buf, &serde_json::json!({"a": [1, "x\n"]})).unwrap();
+/// assert_eq!(&buf[..], br#"{"a":[1,"x\n"]}"#);
+/// ```
+pub fn write_json<T: Serialize + ?Sized>(buf: &mut BytesMut, value: &T) -> Result<(), EncodeError> {
+    crate::json::write(buf, value)
 }

@@ -180,6 +180,59 @@ fn envelope_without_request_id_omits_the_key() {
     assert_eq!(check_envelope(&messages[0], None), serde_json::json!(42));
 }
 
+#[test]
+fn pre_encoded_bodies_land_as_the_same_envelope_as_serialized_ones() {
+    let server = server_with_stream();
+    let bus = connected_bus(&server, Config::new(3));
+
+    let body = serde_json::json!({"estimator": "Baseline", "gas": 186532, "note": "a \"quote\""});
+    let encoded = jetring::EncodedBody::new(&body).expect("a JSON value encodes");
+    let from_text = jetring::EncodedBody::from_json(r#"[1, {"spaced": true}]"#)
+        .expect("valid JSON text is taken as it is");
+
+    bus.publish_encoded_with_request_id("quote", "r-1", &encoded);
+    jetring::with_request_id("r-2", || bus.publish_encoded("quote", &from_text));
+    bus.publish("quote", &body);
+    bus.publish_encoded("bad name", &encoded);
+    bus.flush(FLUSH).expect("flush");
+
+    let messages = read_stream(&server);
+    assert_eq!(messages.len(), 3);
+    assert_eq!(check_envelope(&messages[0], Some("r-1")), body);
+    assert_eq!(
+        check_envelope(&messages[1], Some("r-2")),
+        serde_json::json!([1, {"spaced": true}])
+    );
+    // The text given is kept byte for byte, white space included.
+    assert!(messages[1]
+        .payload_str()
+        .ends_with(r#","body":[1, {"spaced": true}]}"#));
+    // The pre-encoded body is exactly what `publish` writes for the same value.
+    let serialized = messages[2].payload_str();
+    let body_of = |text: &str| text[text.find(r#""body":"#).unwrap()..].to_owned();
+    assert_eq!(body_of(messages[0].payload_str()), body_of(serialized));
+
+    let stats = bus.stats();
+    assert_eq!(stats.accepted, 3);
+    assert_eq!(
+        stats.dropped_before_accept.get(DropReason::InvalidSubject),
+        1
+    );
+}
+
+#[test]
+fn text_that_is_not_one_json_value_is_refused_as_a_pre_encoded_body() {
+    for bad in ["", "{", "1 2", "{\"a\":}", "nul", "\"open", "[1,]"] {
+        let err = jetring::EncodedBody::from_json(bad).expect_err(bad);
+        assert!(
+            err.to_string().contains("not one valid JSON value"),
+            "{err}"
+        );
+    }
+    let err = jetring::EncodedBody::new(&Unserializable).expect_err("refused");
+    assert!(err.to_string().contains("refuses"), "{err}");
+}
+
 /// A body whose serialization always fails.
 struct Unserializable;
 

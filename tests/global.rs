@@ -26,6 +26,8 @@ fn global_bus_lifecycle_from_no_op_to_shutdown() {
     // Before init: publishing is a no-op, nothing is counted, flush returns at once.
     jetring::publish("early", &1);
     jetring::publish_with_request_id("early", "r-0", &2);
+    let encoded = jetring::EncodedBody::new(&5).expect("a number encodes");
+    jetring::publish_encoded("early", &encoded);
     assert!(jetring::global().is_none());
     assert!(jetring::stats().is_none());
     assert!(jetring::flush(Duration::from_millis(1)).is_ok());
@@ -48,20 +50,22 @@ fn global_bus_lifecycle_from_no_op_to_shutdown() {
     jetring::init(Config::new(2).servers(["nats://127.0.0.1:1"])).expect("second init");
     jetring::init(Config::new(3).ring_capacity(0)).expect("second init ignores its config");
     jetring::publish("priceEstimate", &3);
+    jetring::publish_encoded("priceEstimate", &encoded);
     jetring::flush(Duration::from_secs(30)).expect("flush");
 
     let stats = jetring::stats().expect("initialised");
     assert_eq!(
         stats.publish_calls(),
-        3,
+        4,
         "events before init are not counted: {stats:?}"
     );
-    assert_eq!(stats.acked, 3);
+    assert_eq!(stats.acked, 4);
 
     let messages = common::block_on(common::stream_messages(&server.url(), "EVENTS"));
     let subjects: Vec<&str> = messages.iter().map(|m| m.subject.as_str()).collect();
-    assert_eq!(subjects, ["event.1.priceEstimate"; 3]);
+    assert_eq!(subjects, ["event.1.priceEstimate"; 4]);
     assert_eq!(messages[1].json()["requestId"], "r-1");
+    assert_eq!(messages[3].json()["body"], 5);
 
     let registry = prometheus::Registry::new();
     jetring::register(&registry).expect("register after init");
@@ -69,7 +73,7 @@ fn global_bus_lifecycle_from_no_op_to_shutdown() {
 
     // Shutdown returns the final stats; later events are counted as shutdown drops.
     let final_stats = jetring::shutdown(Duration::from_secs(10)).expect("initialised");
-    assert_eq!(final_stats.acked, 3);
+    assert_eq!(final_stats.acked, 4);
     jetring::publish("late", &4);
     let stats = jetring::stats().expect("initialised");
     assert_eq!(stats.dropped(DropReason::Shutdown), 1);
@@ -77,5 +81,5 @@ fn global_bus_lifecycle_from_no_op_to_shutdown() {
         stats.accepted,
         stats.acked + stats.dropped_after_accept.total()
     );
-    assert_eq!(common::stream_len_blocking(&server.url(), "EVENTS"), 3);
+    assert_eq!(common::stream_len_blocking(&server.url(), "EVENTS"), 4);
 }
