@@ -19,7 +19,8 @@
 //! - `channel`: as `seed`, but `try_send` into a bounded(1000) crossbeam channel drained by
 //!   another thread.
 //! - `jetring_publish`: `Bus::publish_with_request_id` on a bus connected to a real
-//!   `nats-server`.
+//!   `nats-server`; and `Bus::publish_encoded_with_request_id` of the same body encoded
+//!   beforehand (`EncodedBody`), which copies the body's JSON instead of serializing it.
 //! - `jetring_publish_before_init`: the global `jetring::publish` before any `init`.
 //! - `encode_only`: `jetring::testing::encode_envelope`, the encoder `publish` runs plus the
 //!   allocations of that test helper (a fresh buffer, a `String` subject, a `Vec` payload),
@@ -301,6 +302,21 @@ fn jetring_publish(c: &mut Criterion) {
                         .expect("the drain delivers a burst within 30 s")
                 },
                 || bus.publish_with_request_id(NAME, REQUEST_ID, black_box(&BODY)),
+            )
+        })
+    });
+    // The same event with its body encoded once, before the loop.
+    let encoded = jetring::EncodedBody::new(&BODY).expect("the reference body encodes");
+    group.bench_function("bus_publish_encoded_with_request_id", |b| {
+        b.iter_custom(|iters| {
+            timed_bursts(
+                iters,
+                BURST,
+                || {
+                    bus.flush(Duration::from_secs(30))
+                        .expect("the drain delivers a burst within 30 s")
+                },
+                || bus.publish_encoded_with_request_id(NAME, REQUEST_ID, black_box(&encoded)),
             )
         })
     });

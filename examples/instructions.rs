@@ -12,6 +12,8 @@
 //! - `publish`: `Bus::publish_with_request_id` into a ring large enough to hold every event,
 //!   on a bus whose server does not exist, so that the drain does no work and only the
 //!   producer's path is counted;
+//! - `publish_encoded`: the same with the body encoded once beforehand
+//!   (`Bus::publish_encoded_with_request_id`);
 //! - `serde_json`: `serde_json::to_writer` of the envelope into a reused `Vec`;
 //! - `jetring_json`: the same envelope through jetring's serializer
 //!   (`jetring::testing::write_json`) into a reused `BytesMut`;
@@ -30,12 +32,14 @@ fn main() {
     let mode = args.next().unwrap_or_default();
     let events: usize = args.next().and_then(|n| n.parse().ok()).unwrap_or(0);
     if events == 0 {
-        eprintln!("usage: instructions publish|serde_json|jetring_json|seed <events>");
+        eprintln!(
+            "usage: instructions publish|publish_encoded|serde_json|jetring_json|seed <events>"
+        );
         std::process::exit(2);
     }
 
     match mode.as_str() {
-        "publish" => {
+        "publish" | "publish_encoded" => {
             // Port 1 on loopback refuses connections: the drain keeps retrying and never
             // takes an event, so only the producer's path runs per event.
             let config = jetring::Config::new(1)
@@ -43,8 +47,16 @@ fn main() {
                 .ring_capacity(events.min(jetring::MAX_RING_CAPACITY))
                 .connect_backoff(Duration::from_secs(60), Duration::from_secs(60));
             let bus = jetring::Bus::new(config).expect("valid config");
-            for _ in 0..events {
-                bus.publish_with_request_id(NAME, REQUEST_ID, std::hint::black_box(&BODY));
+            if mode == "publish" {
+                for _ in 0..events {
+                    bus.publish_with_request_id(NAME, REQUEST_ID, std::hint::black_box(&BODY));
+                }
+            } else {
+                let body = jetring::EncodedBody::new(&BODY).expect("serializable");
+                for _ in 0..events {
+                    let body = std::hint::black_box(&body);
+                    bus.publish_encoded_with_request_id(NAME, REQUEST_ID, body);
+                }
             }
             let accepted = bus.stats().accepted;
             assert_eq!(accepted, events as u64, "every event fits in the ring");
@@ -96,7 +108,7 @@ fn main() {
             }
         }
         other => {
-            eprintln!("unknown mode {other:?}: use publish, serde_json, jetring_json or seed");
+            eprintln!("unknown mode {other:?}: use publish, publish_encoded, serde_json, jetring_json or seed");
             std::process::exit(2);
         }
     }

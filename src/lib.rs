@@ -31,7 +31,10 @@
 //! {"version":"v1","timestamp":"2026-05-22T12:00:00.123Z","requestId":"…","body":…}
 //! ```
 //!
-//! `requestId` is omitted when there is none; the timestamp is UTC with milliseconds.
+//! `requestId` is omitted when there is none; the timestamp is UTC with milliseconds. The
+//! body is written by jetring's own serializer, which produces the bytes `serde_json` writes
+//! for the same value. A body that repeats can be encoded once as an [`EncodedBody`] and
+//! published with [`publish_encoded`], which copies its JSON instead of serializing it.
 //!
 //! # Example
 //!
