@@ -210,6 +210,7 @@ impl Shared {
     /// Takes every event out of the ring and counts it as a `shutdown` drop. Used once the
     /// drain has stopped.
     pub(crate) fn reap(&self) {
+        self.counters.taking.fetch_add(1, SeqCst);
         let mut reaped = 0;
         while let Some(event) = self.ring.pop() {
             drop(event);
@@ -217,6 +218,9 @@ impl Shared {
         }
         if reaped > 0 {
             self.counters.taken.fetch_add(reaped, SeqCst);
+        }
+        self.counters.taking.fetch_sub(1, SeqCst);
+        if reaped > 0 {
             self.counters
                 .drop_event(DropReason::Shutdown, Stage::AfterAccept, reaped);
         }
@@ -400,10 +404,12 @@ impl Bus {
 
         // Phase 1: the drain has taken out of the ring every event accepted before now (the
         // ring is FIFO, so once it has taken `target` events, or the ring is empty, it has
-        // taken them all).
+        // taken them all). An empty ring counts only once no taker holds popped events not yet
+        // in `taken`: takers raise `taking` before they pop, so a pop this thread sees is
+        // either still marked there or already counted.
         let taken_all = || {
             let removed = counters.taken.load(SeqCst) + counters.displaced.load(SeqCst);
-            removed >= target || self.shared.ring.is_empty()
+            removed >= target || (self.shared.ring.is_empty() && counters.taking.load(SeqCst) == 0)
         };
         self.wait_until(deadline, timeout, taken_all)?;
 

@@ -346,6 +346,8 @@ impl Drain {
         let room = config.max_in_flight.saturating_sub(self.pending.len());
         let want = room.min(config.batch_size);
 
+        let counters = &self.shared.counters;
+        counters.taking.fetch_add(1, SeqCst);
         let mut popped = 0;
         while popped < want {
             let Some(event) = self.shared.ring.pop() else {
@@ -364,8 +366,11 @@ impl Drain {
         }
 
         if popped > 0 {
-            self.shared.counters.taken.fetch_add(popped as u64, SeqCst);
-            self.shared.counters.record_batch(popped);
+            counters.taken.fetch_add(popped as u64, SeqCst);
+        }
+        counters.taking.fetch_sub(1, SeqCst);
+        if popped > 0 {
+            counters.record_batch(popped);
             self.last_taken = Instant::now();
         }
     }
@@ -687,6 +692,7 @@ impl Drain {
                 break;
             }
 
+            counters.taking.fetch_add(1, SeqCst);
             let mut taken = 0u64;
             while (taken as usize) < config.batch_size {
                 let Some(event) = self.shared.ring.pop() else {
@@ -696,9 +702,12 @@ impl Drain {
                 self.next_seq += 1;
                 taken += 1;
             }
-
             if taken > 0 {
                 counters.taken.fetch_add(taken, SeqCst);
+            }
+            counters.taking.fetch_sub(1, SeqCst);
+
+            if taken > 0 {
                 counters.record_batch(taken as usize);
                 counters.published.fetch_add(taken, Relaxed);
                 counters.acked.fetch_add(taken, Relaxed);

@@ -152,6 +152,10 @@ pub(crate) struct Counters {
     /// Events popped from the ring by the drain (or by shutdown reaping). Also the sequence
     /// number the drain gives the next event it pops.
     pub(crate) taken: AtomicU64,
+    /// Takers at work: raised before events are popped from the ring and lowered once they
+    /// are counted in `taken`, so that `flush` never takes an empty ring for events already
+    /// accounted for while they are still in a taker's hands.
+    pub(crate) taking: AtomicU64,
     /// Events removed from the ring by producers under the drop-oldest policy.
     pub(crate) displaced: AtomicU64,
     /// Publish attempts handed to the client, first tries and retries alike.
@@ -184,6 +188,7 @@ impl Counters {
             dropped_before: std::array::from_fn(|_| AtomicU64::new(0)),
             dropped_after: std::array::from_fn(|_| AtomicU64::new(0)),
             taken: AtomicU64::new(0),
+            taking: AtomicU64::new(0),
             displaced: AtomicU64::new(0),
             published: AtomicU64::new(0),
             acked: AtomicU64::new(0),

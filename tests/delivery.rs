@@ -549,3 +549,20 @@ fn wrong_credentials_keep_events_in_the_ring_instead_of_failing() {
         "{stats:?}"
     );
 }
+
+/// `flush` must not take an empty ring for delivered events while the drain still holds the
+/// events it has just popped. With a capture bus each event is resolved as soon as it is
+/// popped, so every flush that returns must find the event captured.
+#[test]
+fn flush_never_returns_while_the_drain_holds_popped_events() {
+    let (bus, capture) = Bus::capture(Config::new(1)).expect("valid config");
+    for i in 1..=20_000 {
+        bus.publish("tick", &i);
+        bus.flush(FLUSH).expect("flush");
+        assert_eq!(
+            capture.len(),
+            i,
+            "flush returned before event {i} was delivered"
+        );
+    }
+}
