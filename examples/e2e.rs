@@ -2,7 +2,7 @@
 //! server, in one run, with the reference `priceEstimate` event (`benches/reference/mod.rs`).
 //!
 //! ```text
-//! cargo run --release --example e2e [-- --events 1000000]
+//! cargo run --release --example e2e [-- --events 1000000] [--ring-capacity 16384]
 //! ```
 //!
 //! The example starts its own `nats-server -js` on a free port with a temporary store (the
@@ -10,8 +10,8 @@
 //! stream on `event.>`. It never uses a server that already runs on the machine. Then, one
 //! phase after another, purging the stream in between:
 //!
-//! - **(a) jetring**, a bus with the default ring (16,384 events) and window (4,096
-//!   acknowledgements in flight), published from one thread:
+//! - **(a) jetring**, a bus with the default ring (16,384 events, or `--ring-capacity`) and
+//!   window (4,096 acknowledgements in flight), published from one thread:
 //!   - *lossless*: the producer backs off while the ring is nearly full, so nothing is
 //!     dropped; its acknowledged events per second are the headline figure;
 //!   - *tight loop*: the producer never waits; events that find the ring full are dropped
@@ -58,7 +58,8 @@ use reference::{BODY, CHAIN_ID, NAME, REQUEST_ID, SUBJECT};
 /// The stream every phase publishes into.
 const STREAM: &str = "E2E";
 
-/// Ring capacity of the bus under test (jetring's default).
+/// Ring capacity of the bus under test unless `--ring-capacity` says otherwise (jetring's
+/// default).
 const RING_CAPACITY: usize = 16_384;
 
 /// Acknowledgements the async-nats phases keep in flight, as many as jetring's default
@@ -73,10 +74,14 @@ const STALL_TIMEOUT: Duration = Duration::from_secs(10);
 
 struct Options {
     events: u64,
+    ring_capacity: usize,
 }
 
 fn parse_options() -> Result<Options, String> {
-    let mut options = Options { events: 1_000_000 };
+    let mut options = Options {
+        events: 1_000_000,
+        ring_capacity: RING_CAPACITY,
+    };
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
         match flag.as_str() {
@@ -87,8 +92,18 @@ fn parse_options() -> Result<Options, String> {
                     .parse()
                     .map_err(|e| format!("--events {value}: {e}"))?;
             }
+            "--ring-capacity" => {
+                let value = args.next().ok_or("--ring-capacity needs a value")?;
+                options.ring_capacity = value
+                    .replace('_', "")
+                    .parse()
+                    .map_err(|e| format!("--ring-capacity {value}: {e}"))?;
+            }
             "-h" | "--help" => {
-                return Err("usage: cargo run --release --example e2e [-- --events N]".into())
+                return Err(
+                    "usage: cargo run --release --example e2e [-- --events N] [--ring-capacity N]"
+                        .into(),
+                )
             }
             other => return Err(format!("unknown argument {other}; try --help")),
         }
@@ -154,7 +169,7 @@ fn main() -> ExitCode {
     let config = jetring::Config::new(CHAIN_ID)
         .servers([url.as_str()])
         .stream(STREAM)
-        .ring_capacity(RING_CAPACITY);
+        .ring_capacity(options.ring_capacity);
     let bus = jetring::Bus::new(config).expect("a valid e2e configuration");
     bus.publish_with_request_id(NAME, REQUEST_ID, &BODY);
     bus.flush(Duration::from_secs(20))
@@ -212,13 +227,14 @@ fn main() -> ExitCode {
     println!();
     println!(
         "memory: peak RSS {} after the jetring phase, {} after its lossless run; RSS {} before \
-         the bus, {} once it connected; the ring holds at most {RING_CAPACITY} events x \
+         the bus, {} once it connected; the ring holds at most {} events x \
          {event_size} bytes (subject and payload) = {:.1} MiB",
         kib(peak_rss),
         kib(peak_rss_lossless),
         kib(rss_before),
         kib(rss_connected),
-        (RING_CAPACITY * event_size) as f64 / (1024.0 * 1024.0)
+        options.ring_capacity,
+        (options.ring_capacity * event_size) as f64 / (1024.0 * 1024.0)
     );
     println!(
         "jetring totals: {} accepted, {} acknowledged, {} duplicates, {} retried, {} dropped \

@@ -18,8 +18,19 @@
 //! The next block comes from the top of that stack, the most recently used free block, so a
 //! thread that the drain keeps up with cycles through a few cache-warm blocks. Only when no
 //! block is free, because the drain lags the thread by all of its blocks, does the arena
-//! allocate one; at [`MAX_BLOCKS`] it lets the oldest retired block go, to be freed by
-//! whoever releases its last event. In steady state no allocation happens at all.
+//! allocate one. In steady state no allocation happens at all.
+//!
+//! Two limits keep this bounded. The free stack holds at most [`MAX_BLOCKS`] (4 MiB); once
+//! it is full, each rotation frees one released block instead, so the surplus of a deep lag
+//! that has cleared goes back a block at a time, never in one long call. The retired queue
+//! follows at most [`MAX_RETIRED`] blocks: a thread the drain lags by more than that (32 MiB
+//! of its events queued or in flight) lets the oldest go, to be freed by whoever releases
+//! its last event, rather than track an unbounded queue behind an event that is being
+//! retried. Between the two, a lag as deep as a default ring and window (about 130 blocks of
+//! reference events) gets its blocks back instead of allocating new ones as it clears.
+//!
+//! The price: a thread that stops publishing right after a deep lag keeps the blocks that
+//! lag filled (at most its share of the ring and window) until it publishes again.
 //!
 //! An event larger than the free space makes `BytesMut` grow the current block, which
 //! allocates; such events are rare by design and cost no more than a plain `Vec`.
@@ -39,10 +50,14 @@ pub(crate) const BLOCK_SIZE: usize = 64 * 1024;
 /// Events larger than this may make the block grow (and allocate).
 pub(crate) const HEADROOM: usize = 4 * 1024;
 
-/// Most blocks a thread keeps, retired and free together: 4 MiB, about 10,000 reference
-/// events. A thread holds this many only after the drain has lagged that far behind it; a
-/// thread that publishes at a pace the drain follows cycles through a few.
+/// Most free blocks a thread keeps for reuse: 4 MiB, about 10,000 reference events. A
+/// thread holds this many only after the drain has lagged that far behind it; a thread that
+/// publishes at a pace the drain follows cycles through a few.
 pub(crate) const MAX_BLOCKS: usize = 64;
+
+/// Most retired blocks a thread follows until their events are released: 32 MiB, about
+/// 80,000 reference events, well beyond a default ring and window.
+pub(crate) const MAX_RETIRED: usize = 512;
 
 /// What each producer thread keeps for itself.
 pub(crate) struct Local {
@@ -102,14 +117,19 @@ pub(crate) struct Arena {
     retired: VecDeque<BytesMut>,
     /// Reclaimed blocks, the most recently used on top.
     free: Vec<BytesMut>,
+    /// Blocks allocated so far, for the tests.
+    #[cfg(test)]
+    allocated: u64,
 }
 
 impl Arena {
     pub(crate) fn new() -> Self {
         Arena {
             current: BytesMut::new(),
-            retired: VecDeque::with_capacity(MAX_BLOCKS),
+            retired: VecDeque::new(),
             free: Vec::with_capacity(MAX_BLOCKS),
+            #[cfg(test)]
+            allocated: 0,
         }
     }
 
@@ -130,19 +150,33 @@ impl Arena {
     #[cold]
     fn rotate(&mut self) {
         // Retired blocks whose events are all released become free, oldest first.
+        // With the free stack full, one released block per rotation is freed instead, so that
+        // a deep lag that has cleared is given back a block at a time, never all in one call.
+        let mut freed_one = false;
         while let Some(oldest) = self.retired.front_mut() {
             if !oldest.try_reclaim(BLOCK_SIZE / 2) {
                 break;
             }
-            if let Some(block) = self.retired.pop_front() {
-                self.free.push(block);
+            if self.free.len() < MAX_BLOCKS {
+                if let Some(block) = self.retired.pop_front() {
+                    self.free.push(block);
+                }
+            } else if !freed_one {
+                self.retired.pop_front();
+                freed_one = true;
+            } else {
+                break;
             }
         }
 
         let next = self.free.pop().unwrap_or_else(|| {
-            if self.retired.len() + self.free.len() >= MAX_BLOCKS {
+            if self.retired.len() >= MAX_RETIRED {
                 // Still referenced by queued events: freed when the last one is released.
                 self.retired.pop_front();
+            }
+            #[cfg(test)]
+            {
+                self.allocated += 1;
             }
             BytesMut::with_capacity(BLOCK_SIZE)
         });
@@ -222,8 +256,9 @@ mod tests {
         let mut arena = Arena::new();
         let mut held = Vec::new();
 
-        // Keep every event alive: the arena must move on to fresh blocks.
-        for i in 0..(3 * MAX_BLOCKS * BLOCK_SIZE / 500) {
+        // Keep every event alive, past the retired queue's limit: the arena must move on to
+        // fresh blocks.
+        for i in 0..((MAX_RETIRED + 8) * BLOCK_SIZE / 500) {
             let buf = arena.buffer();
             buf.extend_from_slice(&[i as u8; 500]);
             held.push((i as u8, buf.split().freeze()));
@@ -233,7 +268,48 @@ mod tests {
             assert_eq!(bytes.len(), 500);
             assert!(bytes.iter().all(|b| b == value));
         }
-        assert!(arena.retired.len() + arena.free.len() <= MAX_BLOCKS);
+        assert!(arena.retired.len() <= MAX_RETIRED);
+        assert!(arena.free.is_empty());
+    }
+
+    #[test]
+    fn a_steady_lag_deeper_than_max_blocks_allocates_nothing() {
+        let mut arena = Arena::new();
+        let lag = 2 * MAX_BLOCKS * BLOCK_SIZE / 1000;
+        let mut held = VecDeque::new();
+        let publish = |arena: &mut Arena, held: &mut VecDeque<bytes::Bytes>| {
+            let buf = arena.buffer();
+            buf.extend_from_slice(&[5u8; 1000]);
+            held.push_back(buf.split().freeze());
+            if held.len() > lag {
+                held.pop_front();
+            }
+        };
+
+        // The drain releases each event once the thread is `lag` events (twice MAX_BLOCKS
+        // blocks) further on, as when the ring stays deep.
+        for _ in 0..2 * lag {
+            publish(&mut arena, &mut held);
+        }
+        let warmed_up = arena.allocated;
+        for _ in 0..4 * lag {
+            publish(&mut arena, &mut held);
+        }
+        assert_eq!(
+            arena.allocated, warmed_up,
+            "blocks allocated while the lag held"
+        );
+
+        // Once it clears, the surplus is freed one block per rotation, down to MAX_BLOCKS.
+        held.clear();
+        for _ in 0..((2 * MAX_BLOCKS + 8) * BLOCK_SIZE / 1000) {
+            let buf = arena.buffer();
+            buf.extend_from_slice(&[6u8; 1000]);
+            drop(buf.split().freeze());
+            assert!(arena.free.len() <= MAX_BLOCKS);
+        }
+        assert!(arena.retired.len() <= 2, "{} retired", arena.retired.len());
+        assert_eq!(arena.allocated, warmed_up);
     }
 
     #[test]
