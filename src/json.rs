@@ -268,6 +268,29 @@ fn write_integer(out: &mut BytesMut, value: impl itoa::Integer) {
     out.extend_from_slice(itoa::Buffer::new().format(value).as_bytes());
 }
 
+/// An integer inside quotes, as a map key.
+#[inline]
+fn write_quoted_integer(out: &mut BytesMut, value: impl itoa::Integer) {
+    out.put_u8(b'"');
+    write_integer(out, value);
+    out.put_u8(b'"');
+}
+
+/// The `Serializer` methods for integers, each writing `v` to the serializer's buffer with
+/// `$write`.
+macro_rules! integers {
+    (|$out:ident, $v:ident| $write:expr; $($method:ident($ty:ty)),* $(,)?) => {
+        $(
+            #[inline]
+            fn $method(self, $v: $ty) -> Result {
+                let $out = self.buffer();
+                $write;
+                Ok(())
+            }
+        )*
+    };
+}
+
 #[inline]
 fn write_finite(out: &mut BytesMut, value: impl zmij::Float) {
     out.extend_from_slice(zmij::Buffer::new().format_finite(value).as_bytes());
@@ -279,6 +302,10 @@ struct Json<'o> {
 }
 
 impl Json<'_> {
+    fn buffer(&mut self) -> &mut BytesMut {
+        self.out
+    }
+
     /// `{"variant":`, the opening of every enum variant that carries data.
     fn begin_variant(&mut self, variant: &str) {
         self.out.put_u8(b'{');
@@ -305,56 +332,18 @@ impl<'s, 'o> ser::Serializer for &'s mut Json<'o> {
         Ok(())
     }
 
-    fn serialize_i8(self, v: i8) -> Result {
-        write_integer(self.out, v);
-        Ok(())
-    }
-
-    fn serialize_i16(self, v: i16) -> Result {
-        write_integer(self.out, v);
-        Ok(())
-    }
-
-    fn serialize_i32(self, v: i32) -> Result {
-        write_integer(self.out, v);
-        Ok(())
-    }
-
-    #[inline]
-    fn serialize_i64(self, v: i64) -> Result {
-        write_integer(self.out, v);
-        Ok(())
-    }
-
-    fn serialize_i128(self, v: i128) -> Result {
-        write_integer(self.out, v);
-        Ok(())
-    }
-
-    fn serialize_u8(self, v: u8) -> Result {
-        write_integer(self.out, v);
-        Ok(())
-    }
-
-    fn serialize_u16(self, v: u16) -> Result {
-        write_integer(self.out, v);
-        Ok(())
-    }
-
-    fn serialize_u32(self, v: u32) -> Result {
-        write_integer(self.out, v);
-        Ok(())
-    }
-
-    #[inline]
-    fn serialize_u64(self, v: u64) -> Result {
-        write_integer(self.out, v);
-        Ok(())
-    }
-
-    fn serialize_u128(self, v: u128) -> Result {
-        write_integer(self.out, v);
-        Ok(())
+    integers! {
+        |out, v| write_integer(out, v);
+        serialize_i8(i8),
+        serialize_i16(i16),
+        serialize_i32(i32),
+        serialize_i64(i64),
+        serialize_i128(i128),
+        serialize_u8(u8),
+        serialize_u16(u16),
+        serialize_u32(u32),
+        serialize_u64(u64),
+        serialize_u128(u128),
     }
 
     fn serialize_f32(self, v: f32) -> Result {
@@ -682,12 +671,88 @@ impl ser::SerializeStructVariant for Compound<'_, '_> {
     }
 }
 
+/// `Serializer` methods that refuse their input with `$error`: the scalar methods listed,
+/// and every method for a value with parts (sequences, tuples, maps, structs, and enum
+/// variants carrying data). For the serializers below, which accept only a few kinds of
+/// value.
+macro_rules! refuse {
+    ($error:expr; $($method:ident($($arg:ty),*)),* $(,)?) => {
+        $(
+            fn $method(self $(, _: $arg)*) -> Result {
+                Err($error)
+            }
+        )*
+
+        fn serialize_newtype_variant<T: Serialize + ?Sized>(
+            self,
+            _: &'static str,
+            _: u32,
+            _: &'static str,
+            _: &T,
+        ) -> Result {
+            Err($error)
+        }
+
+        fn serialize_seq(self, _: Option<usize>) -> Result<Impossible<(), EncodeError>> {
+            Err($error)
+        }
+
+        fn serialize_tuple(self, _: usize) -> Result<Impossible<(), EncodeError>> {
+            Err($error)
+        }
+
+        fn serialize_tuple_struct(
+            self,
+            _: &'static str,
+            _: usize,
+        ) -> Result<Impossible<(), EncodeError>> {
+            Err($error)
+        }
+
+        fn serialize_tuple_variant(
+            self,
+            _: &'static str,
+            _: u32,
+            _: &'static str,
+            _: usize,
+        ) -> Result<Impossible<(), EncodeError>> {
+            Err($error)
+        }
+
+        fn serialize_map(self, _: Option<usize>) -> Result<Impossible<(), EncodeError>> {
+            Err($error)
+        }
+
+        fn serialize_struct(
+            self,
+            _: &'static str,
+            _: usize,
+        ) -> Result<Impossible<(), EncodeError>> {
+            Err($error)
+        }
+
+        fn serialize_struct_variant(
+            self,
+            _: &'static str,
+            _: u32,
+            _: &'static str,
+            _: usize,
+        ) -> Result<Impossible<(), EncodeError>> {
+            Err($error)
+        }
+    };
+}
+
 /// Serializes a map key. As in `serde_json`: strings, chars and unit variants as strings;
 /// integers, booleans and finite floats as their JSON text inside quotes; newtype structs
 /// and `Some` as what they hold; anything else is an error.
 struct MapKey<'o>(&'o mut BytesMut);
 
-impl MapKey<'_> {
+impl<'o> MapKey<'o> {
+    fn buffer(self) -> &'o mut BytesMut {
+        self.0
+    }
+
     fn quoted(self, write: impl FnOnce(&mut BytesMut)) -> Result {
         self.0.put_u8(b'"');
         write(self.0);
@@ -735,44 +800,18 @@ impl ser::Serializer for MapKey<'_> {
         self.quoted(|out| out.extend_from_slice(if v { b"true" as &[u8] } else { b"false" }))
     }
 
-    fn serialize_i8(self, v: i8) -> Result {
-        self.quoted(|out| write_integer(out, v))
-    }
-
-    fn serialize_i16(self, v: i16) -> Result {
-        self.quoted(|out| write_integer(out, v))
-    }
-
-    fn serialize_i32(self, v: i32) -> Result {
-        self.quoted(|out| write_integer(out, v))
-    }
-
-    fn serialize_i64(self, v: i64) -> Result {
-        self.quoted(|out| write_integer(out, v))
-    }
-
-    fn serialize_i128(self, v: i128) -> Result {
-        self.quoted(|out| write_integer(out, v))
-    }
-
-    fn serialize_u8(self, v: u8) -> Result {
-        self.quoted(|out| write_integer(out, v))
-    }
-
-    fn serialize_u16(self, v: u16) -> Result {
-        self.quoted(|out| write_integer(out, v))
-    }
-
-    fn serialize_u32(self, v: u32) -> Result {
-        self.quoted(|out| write_integer(out, v))
-    }
-
-    fn serialize_u64(self, v: u64) -> Result {
-        self.quoted(|out| write_integer(out, v))
-    }
-
-    fn serialize_u128(self, v: u128) -> Result {
-        self.quoted(|out| write_integer(out, v))
+    integers! {
+        |out, v| write_quoted_integer(out, v);
+        serialize_i8(i8),
+        serialize_i16(i16),
+        serialize_i32(i32),
+        serialize_i64(i64),
+        serialize_i128(i128),
+        serialize_u8(u8),
+        serialize_u16(u16),
+        serialize_u32(u32),
+        serialize_u64(u64),
+        serialize_u128(u128),
     }
 
     fn serialize_f32(self, v: f32) -> Result {
@@ -793,78 +832,16 @@ impl ser::Serializer for MapKey<'_> {
         collect_str(self.0, value)
     }
 
-    fn serialize_bytes(self, _: &[u8]) -> Result {
-        Err(EncodeError::key_must_be_a_string())
-    }
-
-    fn serialize_none(self) -> Result {
-        Err(EncodeError::key_must_be_a_string())
-    }
-
     fn serialize_some<T: Serialize + ?Sized>(self, value: &T) -> Result {
         value.serialize(self)
     }
 
-    fn serialize_unit(self) -> Result {
-        Err(EncodeError::key_must_be_a_string())
-    }
-
-    fn serialize_unit_struct(self, _: &'static str) -> Result {
-        Err(EncodeError::key_must_be_a_string())
-    }
-
-    fn serialize_newtype_variant<T: Serialize + ?Sized>(
-        self,
-        _: &'static str,
-        _: u32,
-        _: &'static str,
-        _: &T,
-    ) -> Result {
-        Err(EncodeError::key_must_be_a_string())
-    }
-
-    fn serialize_seq(self, _: Option<usize>) -> Result<Impossible<(), EncodeError>> {
-        Err(EncodeError::key_must_be_a_string())
-    }
-
-    fn serialize_tuple(self, _: usize) -> Result<Impossible<(), EncodeError>> {
-        Err(EncodeError::key_must_be_a_string())
-    }
-
-    fn serialize_tuple_struct(
-        self,
-        _: &'static str,
-        _: usize,
-    ) -> Result<Impossible<(), EncodeError>> {
-        Err(EncodeError::key_must_be_a_string())
-    }
-
-    fn serialize_tuple_variant(
-        self,
-        _: &'static str,
-        _: u32,
-        _: &'static str,
-        _: usize,
-    ) -> Result<Impossible<(), EncodeError>> {
-        Err(EncodeError::key_must_be_a_string())
-    }
-
-    fn serialize_map(self, _: Option<usize>) -> Result<Impossible<(), EncodeError>> {
-        Err(EncodeError::key_must_be_a_string())
-    }
-
-    fn serialize_struct(self, _: &'static str, _: usize) -> Result<Impossible<(), EncodeError>> {
-        Err(EncodeError::key_must_be_a_string())
-    }
-
-    fn serialize_struct_variant(
-        self,
-        _: &'static str,
-        _: u32,
-        _: &'static str,
-        _: usize,
-    ) -> Result<Impossible<(), EncodeError>> {
-        Err(EncodeError::key_must_be_a_string())
+    refuse! {
+        EncodeError::key_must_be_a_string();
+        serialize_bytes(&[u8]),
+        serialize_none(),
+        serialize_unit(),
+        serialize_unit_struct(&'static str),
     }
 }
 
@@ -896,75 +873,7 @@ impl ser::Serializer for RawText<'_> {
         Ok(())
     }
 
-    fn serialize_bool(self, _: bool) -> Result {
-        Err(Self::not_text())
-    }
-
-    fn serialize_i8(self, _: i8) -> Result {
-        Err(Self::not_text())
-    }
-
-    fn serialize_i16(self, _: i16) -> Result {
-        Err(Self::not_text())
-    }
-
-    fn serialize_i32(self, _: i32) -> Result {
-        Err(Self::not_text())
-    }
-
-    fn serialize_i64(self, _: i64) -> Result {
-        Err(Self::not_text())
-    }
-
-    fn serialize_u8(self, _: u8) -> Result {
-        Err(Self::not_text())
-    }
-
-    fn serialize_u16(self, _: u16) -> Result {
-        Err(Self::not_text())
-    }
-
-    fn serialize_u32(self, _: u32) -> Result {
-        Err(Self::not_text())
-    }
-
-    fn serialize_u64(self, _: u64) -> Result {
-        Err(Self::not_text())
-    }
-
-    fn serialize_f32(self, _: f32) -> Result {
-        Err(Self::not_text())
-    }
-
-    fn serialize_f64(self, _: f64) -> Result {
-        Err(Self::not_text())
-    }
-
-    fn serialize_char(self, _: char) -> Result {
-        Err(Self::not_text())
-    }
-
-    fn serialize_bytes(self, _: &[u8]) -> Result {
-        Err(Self::not_text())
-    }
-
-    fn serialize_none(self) -> Result {
-        Err(Self::not_text())
-    }
-
     fn serialize_some<T: Serialize + ?Sized>(self, _: &T) -> Result {
-        Err(Self::not_text())
-    }
-
-    fn serialize_unit(self) -> Result {
-        Err(Self::not_text())
-    }
-
-    fn serialize_unit_struct(self, _: &'static str) -> Result {
-        Err(Self::not_text())
-    }
-
-    fn serialize_unit_variant(self, _: &'static str, _: u32, _: &'static str) -> Result {
         Err(Self::not_text())
     }
 
@@ -972,58 +881,25 @@ impl ser::Serializer for RawText<'_> {
         Err(Self::not_text())
     }
 
-    fn serialize_newtype_variant<T: Serialize + ?Sized>(
-        self,
-        _: &'static str,
-        _: u32,
-        _: &'static str,
-        _: &T,
-    ) -> Result {
-        Err(Self::not_text())
-    }
-
-    fn serialize_seq(self, _: Option<usize>) -> Result<Impossible<(), EncodeError>> {
-        Err(Self::not_text())
-    }
-
-    fn serialize_tuple(self, _: usize) -> Result<Impossible<(), EncodeError>> {
-        Err(Self::not_text())
-    }
-
-    fn serialize_tuple_struct(
-        self,
-        _: &'static str,
-        _: usize,
-    ) -> Result<Impossible<(), EncodeError>> {
-        Err(Self::not_text())
-    }
-
-    fn serialize_tuple_variant(
-        self,
-        _: &'static str,
-        _: u32,
-        _: &'static str,
-        _: usize,
-    ) -> Result<Impossible<(), EncodeError>> {
-        Err(Self::not_text())
-    }
-
-    fn serialize_map(self, _: Option<usize>) -> Result<Impossible<(), EncodeError>> {
-        Err(Self::not_text())
-    }
-
-    fn serialize_struct(self, _: &'static str, _: usize) -> Result<Impossible<(), EncodeError>> {
-        Err(Self::not_text())
-    }
-
-    fn serialize_struct_variant(
-        self,
-        _: &'static str,
-        _: u32,
-        _: &'static str,
-        _: usize,
-    ) -> Result<Impossible<(), EncodeError>> {
-        Err(Self::not_text())
+    refuse! {
+        Self::not_text();
+        serialize_bool(bool),
+        serialize_i8(i8),
+        serialize_i16(i16),
+        serialize_i32(i32),
+        serialize_i64(i64),
+        serialize_u8(u8),
+        serialize_u16(u16),
+        serialize_u32(u32),
+        serialize_u64(u64),
+        serialize_f32(f32),
+        serialize_f64(f64),
+        serialize_char(char),
+        serialize_bytes(&[u8]),
+        serialize_none(),
+        serialize_unit(),
+        serialize_unit_struct(&'static str),
+        serialize_unit_variant(&'static str, u32, &'static str),
     }
 }
 
