@@ -14,7 +14,6 @@
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::{BufMut, BytesMut};
-use serde::Serialize;
 
 use crate::json::{self, EncodeError};
 
@@ -235,9 +234,10 @@ pub(crate) fn format_timestamp(millis: u64) -> [u8; TIMESTAMP_LEN] {
 
 /// Appends subject and envelope of one event to `buf` and returns the subject's length.
 ///
-/// On error `buf` holds a partial event; the caller discards it.
-#[inline]
-pub(crate) fn encode<T: Serialize + ?Sized>(
+/// On error `buf` holds a partial event; the caller discards it. `publish` itself goes through
+/// [`encode_with`]; this form serves the `testing` hooks and the tests.
+#[cfg(any(test, feature = "testing"))]
+pub(crate) fn encode<T: serde::Serialize + ?Sized>(
     buf: &mut BytesMut,
     subject_head: &[u8],
     name: &str,
