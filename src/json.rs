@@ -88,11 +88,9 @@ impl EncodedBody {
     pub fn new<T: Serialize + ?Sized>(body: &T) -> Result<Self> {
         let mut buf = BytesMut::new();
         write(&mut buf, body)?;
-        let json = String::from_utf8(buf.to_vec())
+        let json = std::str::from_utf8(&buf)
             .map_err(|_| EncodeError("the serializer wrote invalid UTF-8".into()))?;
-        Ok(EncodedBody {
-            json: json.into_boxed_str(),
-        })
+        Ok(EncodedBody { json: json.into() })
     }
 
     /// Takes JSON text as the body, unchanged, once it is known to be exactly one JSON
